@@ -1,0 +1,51 @@
+#include "kvm/cpuid.hpp"
+
+namespace hypervisor {
+
+std::vector<kvm_cpuid_entry2> filter_cpuid(std::vector<kvm_cpuid_entry2> entries,
+                                           std::uint32_t vcpu_id, std::uint32_t vcpu_count) {
+    for (auto& e : entries) {
+        switch (e.function) {
+            case 0x1:
+                e.ebx = (vcpu_id << 24) | ((vcpu_count & 0xff) << 16) | (8u << 8);
+                e.ecx |= 1u << 31;
+                if (vcpu_count > 1) e.edx |= 1u << 28;
+                else e.edx &= ~(1u << 28);
+                break;
+            case 0x4:
+                e.eax &= 0x3ff;  // keep cache type/level bits, rewrite sharing and core counts
+                e.eax |= ((vcpu_count - 1) & 0x3f) << 26;
+                break;
+            case 0x6:
+            case 0xA:
+                e.eax = e.ebx = e.ecx = e.edx = 0;
+                break;
+            case 0x7:
+                if (e.index == 0) e.edx &= ~(1u << 29);
+                break;
+            case 0xB:
+            case 0x1F:
+                e.edx = vcpu_id;
+                if (e.index == 0) {  // SMT level: one thread per core
+                    e.eax = 0;
+                    e.ebx = 1;
+                    e.ecx = (1u << 8) | e.index;
+                } else if (e.index == 1) {  // core level
+                    std::uint32_t shift = 0;
+                    while ((1u << shift) < vcpu_count) ++shift;
+                    e.eax = shift;
+                    e.ebx = vcpu_count;
+                    e.ecx = (2u << 8) | e.index;
+                } else {
+                    e.eax = e.ebx = 0;
+                    e.ecx = e.index;
+                }
+                break;
+            default:
+                break;
+        }
+    }
+    return entries;
+}
+
+}  // namespace hypervisor

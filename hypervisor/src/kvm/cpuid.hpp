@@ -1,0 +1,22 @@
+// The CPUID a vCPU sees: KVM's supported set minus a documented filter. Pure, unit-tested.
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace hypervisor {
+
+// Filter applied to KVM_GET_SUPPORTED_CPUID, per vCPU:
+//  - leaf 1: EBX[31:24] = APIC id, EBX[23:16] = vCPU count, EBX[15:8] = CLFLUSH size 8
+//    (64 bytes); ECX bit 31 (hypervisor present) set; EDX bit 28 (HTT) set when count > 1.
+//  - leaf 0xB / 0x1F: x2APIC id in EDX; one thread per core, `count` cores per package.
+//  - leaf 4: cores per package (EAX[31:26]) = count - 1, threads sharing a cache reset.
+//  - leaf 6 (thermal and power): cleared; the guest has no such interface.
+//  - leaf 7 EDX bit 29 (IA32_ARCH_CAPABILITIES): cleared; some hosts cannot set that MSR.
+//  - leaf 0xA (architectural PMU): cleared; no performance counters are offered.
+std::vector<kvm_cpuid_entry2> filter_cpuid(std::vector<kvm_cpuid_entry2> supported,
+                                           std::uint32_t vcpu_id, std::uint32_t vcpu_count);
+
+}  // namespace hypervisor

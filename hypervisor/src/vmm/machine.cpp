@@ -1,0 +1,286 @@
+#include "vmm/machine.hpp"
+
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <fmt/format.h>
+#include <fstream>
+#include <iterator>
+#include <thread>
+
+#include "boot/cpu_setup.hpp"
+#include "boot/layout.hpp"
+#include "boot/loader.hpp"
+#include "boot/memory_map.hpp"
+#include "boot/mptable.hpp"
+#include "devices/bus.hpp"
+#include "devices/platform.hpp"
+#include "devices/serial.hpp"
+#include "devices/test_device.hpp"
+#include "devices/vm_control.hpp"
+#include "kvm/cpuid.hpp"
+#include "kvm/kvm.hpp"
+#include "pci/root_bus.hpp"
+#include "vmm/irq_router.hpp"
+#include "vmm/vcpu_runner.hpp"
+
+namespace hypervisor {
+
+using common::Error;
+using common::fail;
+using common::Result;
+
+namespace {
+
+constexpr int kKickSignal = SIGUSR1;
+constexpr std::uint32_t kSerialIrq = 4;
+constexpr std::uint16_t kCom1 = 0x3f8;
+
+Result<std::vector<std::uint8_t>> read_file(const std::string& path, std::string_view what) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return fail(Error::from_errno(fmt::format("{} {}", what, path)));
+    std::vector<std::uint8_t> data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (f.bad()) return fail(Error::from_errno(fmt::format("reading {} {}", what, path)));
+    if (data.empty()) return fail(Error::invalid(fmt::format("{} {} is empty", what, path)));
+    return data;
+}
+
+// Puts the terminal in raw mode for the guest's console and restores it on destruction.
+class RawTerminal final {
+public:
+    RawTerminal() {
+        if (::tcgetattr(STDIN_FILENO, &saved_) != 0) return;
+        termios raw = saved_;
+        ::cfmakeraw(&raw);
+        raw.c_oflag |= OPOST | ONLCR;  // keep newline translation for the vmm's own logs
+        active_ = ::tcsetattr(STDIN_FILENO, TCSANOW, &raw) == 0;
+    }
+    ~RawTerminal() {
+        if (active_) ::tcsetattr(STDIN_FILENO, TCSANOW, &saved_);
+    }
+    RawTerminal(const RawTerminal&) = delete;
+    RawTerminal& operator=(const RawTerminal&) = delete;
+
+private:
+    termios saved_{};
+    bool active_ = false;
+};
+
+class KvmMachine final : public Machine {
+public:
+    KvmMachine(KvmSystem sys, KvmVm vm, common::GuestMemory mem, const MachineConfig& cfg,
+               std::chrono::steady_clock::time_point start)
+        : cfg_(cfg), start_(start), sys_(std::move(sys)), vm_(std::move(vm)), mem_(std::move(mem)),
+          router_(vm_), pci_(mmio_, layout::kMmioHoleStart, layout::kPciMmioEnd) {}
+
+    ~KvmMachine() override { stop_threads(); }
+
+    common::Status setup();
+    int run() override;
+
+private:
+    common::Status setup_memory();
+    common::Status setup_devices();
+    common::Status setup_vcpus(const BootEntry& entry);
+    void stop_threads();
+    void stdin_pump();
+
+    MachineConfig cfg_;
+    std::chrono::steady_clock::time_point start_;
+    KvmSystem sys_;
+    KvmVm vm_;
+    common::GuestMemory mem_;
+    VmControl ctl_;
+    Bus pio_{"pio"};
+    Bus mmio_{"mmio"};
+    IrqRouter router_;
+    pci::RootBus pci_;
+    std::shared_ptr<Serial16550> serial_;
+    std::vector<std::unique_ptr<VcpuRunner>> vcpus_;
+    std::vector<std::thread> threads_;
+    std::thread stdin_thread_;
+    std::atomic<bool> stopping_{false};
+};
+
+common::Status KvmMachine::setup_memory() {
+    std::uint32_t slot = 0;
+    for (const auto& r : mem_.table().regions()) {
+        if (auto s = vm_.set_user_memory_region(slot++, r.base.value(), r.size, mem_.host_base_for_kernel(r)); !s)
+            return s;
+    }
+    return {};
+}
+
+common::Status KvmMachine::setup_devices() {
+    if (auto s = vm_.set_tss_addr(layout::kKvmTss); !s) spdlog::debug("{}", s.error().message);
+    if (auto s = vm_.set_identity_map_addr(layout::kKvmIdentityMap); !s) spdlog::debug("{}", s.error().message);
+    if (auto s = vm_.create_irqchip(); !s) return s;
+    if (auto s = vm_.create_pit(); !s) return s;
+    if (auto s = router_.init(); !s) return s;
+
+    serial_ = std::make_shared<Serial16550>(STDOUT_FILENO, [this](bool level) {
+        if (auto s = vm_.irq_line(kSerialIrq, level); !s) spdlog::warn("serial IRQ: {}", s.error().message);
+    });
+    auto add_pio = [&](std::uint64_t base, std::uint64_t len, std::shared_ptr<BusDevice> d) {
+        return pio_.add(base, len, std::move(d));
+    };
+    if (auto s = add_pio(kCom1, 8, serial_); !s) return s;
+    if (auto s = add_pio(0x60, 5, std::make_shared<I8042>(ctl_)); !s) return s;
+    if (auto s = add_pio(kDebugExitPort, 1, std::make_shared<DebugExitPort>(ctl_)); !s) return s;
+    if (auto s = add_pio(kBootMarkerPort, 1, std::make_shared<BootMarker>(start_)); !s) return s;
+    if (auto s = add_pio(pci::kConfigAddressPort, 4, pci_.address_port()); !s) return s;
+    if (auto s = add_pio(pci::kConfigDataPort, 4, pci_.data_port()); !s) return s;
+
+    if (auto d = pci_.add(std::make_shared<pci::HostBridge>()); !d) return fail(std::move(d.error()));
+    auto test = TestDevice::create(pci_, router_);
+    if (!test) return fail(std::move(test.error()).context("creating the test device"));
+    if (auto d = pci_.add(*test); !d) return fail(std::move(d.error()));
+    return {};
+}
+
+common::Status KvmMachine::setup_vcpus(const BootEntry& entry) {
+    auto supported = sys_.supported_cpuid();
+    if (!supported) return fail(std::move(supported.error()));
+    for (std::uint32_t id = 0; id < cfg_.vcpus; ++id) {
+        auto vcpu = vm_.create_vcpu(id, sys_.vcpu_mmap_size());
+        if (!vcpu) return fail(std::move(vcpu.error()));
+        if (auto s = vcpu->set_cpuid(filter_cpuid(*supported, id, cfg_.vcpus)); !s) return s;
+        if (auto s = vcpu->set_lapic_lint(true, true); !s) return s;
+        kvm_fpu fpu{};
+        fpu.fcw = 0x37f;
+        fpu.mxcsr = 0x1f80;
+        if (auto s = vcpu->set_fpu(fpu); !s) return s;
+        if (id == 0) {  // APs wait for INIT/SIPI in the in-kernel local APIC
+            auto sregs = vcpu->get_sregs();
+            if (!sregs) return fail(std::move(sregs.error()));
+            if (auto s = vcpu->set_sregs(boot_sregs(*sregs, entry.mode)); !s) return s;
+            if (auto s = vcpu->set_regs(boot_regs(entry)); !s) return s;
+        }
+        vcpus_.push_back(std::make_unique<VcpuRunner>(std::move(*vcpu), sys_.vcpu_mmap_size(), pio_, mmio_, mem_, ctl_));
+    }
+    return {};
+}
+
+common::Status KvmMachine::setup() {
+    if (auto s = setup_memory(); !s) return s;
+    if (auto s = setup_devices(); !s) return s;
+
+    auto kernel = read_file(cfg_.kernel, "kernel");
+    if (!kernel) return fail(std::move(kernel.error()));
+    std::vector<std::uint8_t> initrd;
+    if (!cfg_.initrd.empty()) {
+        auto i = read_file(cfg_.initrd, "initrd");
+        if (!i) return fail(std::move(i.error()));
+        initrd = std::move(*i);
+    }
+    Result<BootEntry> entry = fail(Error::invalid("unreachable"));
+    switch (detect_kernel(*kernel)) {
+        case KernelFormat::PvhElf: entry = load_pvh(mem_, *kernel, cfg_.cmdline, initrd); break;
+        case KernelFormat::BzImage: entry = load_bzimage(mem_, *kernel, cfg_.cmdline, initrd); break;
+        case KernelFormat::Unknown:
+            return fail(Error::invalid(fmt::format("kernel {}: neither a PVH ELF nor a bzImage", cfg_.kernel)));
+    }
+    if (!entry) return fail(std::move(entry.error()).context(fmt::format("kernel {}", cfg_.kernel)));
+    if (auto s = write_boot_tables(mem_, entry->mode); !s) return s;
+    if (auto s = write_mptable(mem_, cfg_.vcpus); !s) return s;
+    spdlog::debug("kernel {} loaded, entry {:#x} ({})", cfg_.kernel, entry->rip,
+                  entry->mode == EntryMode::Pvh32 ? "PVH 32-bit" : "64-bit boot protocol");
+    return setup_vcpus(*entry);
+}
+
+void KvmMachine::stdin_pump() {
+    RawTerminal raw;
+    while (!stopping_.load()) {
+        pollfd p{STDIN_FILENO, POLLIN, 0};
+        int r = ::poll(&p, 1, 100);
+        if (r <= 0 || !(p.revents & POLLIN)) {
+            if (r < 0 && errno != EINTR) return;
+            if (p.revents & (POLLHUP | POLLERR)) return;
+            continue;
+        }
+        std::uint8_t buf[256];
+        ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
+        if (n <= 0) return;
+        serial_->push_input(std::span(buf, static_cast<std::size_t>(n)));
+    }
+}
+
+int KvmMachine::run() {
+    for (auto& v : vcpus_) threads_.emplace_back([r = v.get()] { r->run_loop(); });
+    if (cfg_.interactive) stdin_thread_ = std::thread([this] { stdin_pump(); });
+    std::optional<std::chrono::steady_clock::time_point> deadline;
+    if (cfg_.timeout) deadline = std::chrono::steady_clock::now() + *cfg_.timeout;
+    auto stop = ctl_.wait(deadline);
+    if (!stop) {
+        ctl_.request_stop(StopReason::Timeout, kStatusTimeout,
+                          fmt::format("timeout after {} ms", cfg_.timeout->count()));
+        stop = ctl_.wait(std::nullopt);
+    }
+    stop_threads();
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start_);
+    switch (stop->reason) {
+        case StopReason::GuestExit:
+        case StopReason::Reset:
+        case StopReason::Shutdown:
+            spdlog::info("VM ended ({}) after {} ms, exit status {}", stop->detail, ms.count(), stop->status);
+            break;
+        default:
+            spdlog::error("VM ended: {} after {} ms, exit status {}", stop->detail, ms.count(), stop->status);
+    }
+    return stop->status;
+}
+
+void KvmMachine::stop_threads() {
+    stopping_.store(true);
+    for (std::size_t i = 0; i < threads_.size(); ++i) {
+        if (!threads_[i].joinable()) continue;
+        vcpus_[i]->request_exit();
+        // Kick the thread out of KVM_RUN until it leaves; immediate_exit makes the next
+        // KVM_RUN return at once, the signal interrupts one in progress.
+        while (!vcpus_[i]->exited()) {
+            ::pthread_kill(threads_[i].native_handle(), kKickSignal);
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+        }
+        threads_[i].join();
+    }
+    threads_.clear();
+    if (stdin_thread_.joinable()) stdin_thread_.join();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Machine>> Machine::build(const MachineConfig& cfg,
+                                                std::chrono::steady_clock::time_point start) {
+    // The kick signal must interrupt KVM_RUN (no SA_RESTART) and do nothing else.
+    struct sigaction sa{};
+    sa.sa_handler = [](int) {};
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(kKickSignal, &sa, nullptr);
+
+    if (cfg.vcpus == 0 || cfg.vcpus > kMaxMpCpus)
+        return fail(Error::invalid(fmt::format("--vcpus {}: must be 1 to {}", cfg.vcpus, kMaxMpCpus)));
+    if (cfg.memory_bytes < layout::kMinMemory || cfg.memory_bytes % 4096)
+        return fail(Error::invalid(fmt::format("--memory {} MiB: at least {} MiB and a whole number of pages",
+                                               cfg.memory_bytes >> 20, layout::kMinMemory >> 20)));
+    auto sys = KvmSystem::open(cfg.kvm_path);
+    if (!sys) return fail(std::move(sys.error()));
+    if (sys->software_module())
+        spdlog::warn("/dev/kvm is provided by {} (no hardware virtualization): guest code at CPL0 is "
+                     "emulated and slow; stock Linux guests crawl here, the probe guest runs fine",
+                     *sys->software_module());
+    auto vm = sys->create_vm();
+    if (!vm) return fail(std::move(vm.error()));
+    auto mem = common::GuestMemory::create(ram_regions(cfg.memory_bytes));
+    if (!mem) return fail(std::move(mem.error()));
+    auto m = std::make_unique<KvmMachine>(std::move(*sys), std::move(*vm), std::move(*mem), cfg, start);
+    if (auto s = m->setup(); !s) return fail(std::move(s.error()));
+    return std::unique_ptr<Machine>(std::move(m));
+}
+
+}  // namespace hypervisor
