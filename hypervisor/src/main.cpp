@@ -20,7 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr const char* kLinuxCmdline =
-    "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+    "console=ttyS0 reboot=k panic=-1 quiet pci=lastbus=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
 // Default images live beside the binary: build/bin/nitrovm -> build/guest, build/images.
 fs::path build_dir() {
@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
 
     auto* run = app.add_subcommand("run", "boot one guest; exit status = the guest's");
+    run->fallthrough();
     std::string guest = "probe", kernel, initrd, cmdline, memory = "256M";
     std::uint32_t vcpus = 1;
     double timeout_s = 0;

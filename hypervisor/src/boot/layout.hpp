@@ -15,6 +15,7 @@ inline constexpr std::uint64_t kCmdline = 0x20000;
 inline constexpr std::uint64_t kCmdlineMax = 0x10000;
 inline constexpr std::uint64_t kMpTable = 0x9FC00;    // last KiB of base memory
 inline constexpr std::uint64_t kEbdaEnd = 0xA0000;
+inline constexpr std::uint64_t kAcpi = 0xE0000;      // ACPI tables (RSDP first), reserved
 inline constexpr std::uint64_t kBiosRom = 0xF0000;
 inline constexpr std::uint64_t kHighMem = 0x100000;   // kernels load here
 inline constexpr std::uint64_t kMmioHoleStart = 0xC0000000;  // PCI window up to the I/O APIC

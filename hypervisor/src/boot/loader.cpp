@@ -98,7 +98,8 @@ Result<std::uint32_t> pvh_entry(std::span<const std::uint8_t> f) {
 }
 
 Result<BootEntry> load_pvh(const GuestMemory& mem, std::span<const std::uint8_t> f,
-                           const std::string& cmdline, std::span<const std::uint8_t> initrd) {
+                           const std::string& cmdline, std::span<const std::uint8_t> initrd,
+                           std::uint64_t rsdp) {
     auto entry = pvh_entry(f);
     if (!entry) return fail(std::move(entry.error()));
     Elf64_Ehdr eh;
@@ -138,7 +139,7 @@ Result<BootEntry> load_pvh(const GuestMemory& mem, std::span<const std::uint8_t>
 
     constexpr std::uint64_t kMods = layout::kStartInfo + 0x40;
     constexpr std::uint64_t kMemmap = layout::kStartInfo + 0x80;
-    StartInfo si{kHvmStartMagic, 1, 0, 0, 0, layout::kCmdline, 0, kMemmap, 0, 0};
+    StartInfo si{kHvmStartMagic, 1, 0, 0, 0, layout::kCmdline, rsdp, kMemmap, 0, 0};
     if (!initrd.empty()) {
         auto at = place_initrd(mem, initrd.size(), (image_end + 0xfff) & ~0xfffull, layout::kMmioHoleStart);
         if (!at) return fail(std::move(at.error()));
@@ -159,7 +160,8 @@ Result<BootEntry> load_pvh(const GuestMemory& mem, std::span<const std::uint8_t>
 }
 
 Result<BootEntry> load_bzimage(const GuestMemory& mem, std::span<const std::uint8_t> f,
-                               const std::string& cmdline, std::span<const std::uint8_t> initrd) {
+                               const std::string& cmdline, std::span<const std::uint8_t> initrd,
+                               std::uint64_t rsdp) {
     // Documentation/x86/boot.rst: the real-mode header at 0x1f1.
     std::uint8_t setup_sects = 0, jump = 0, loadflags = 0;
     std::uint16_t version = 0, xloadflags = 0;
@@ -198,6 +200,7 @@ Result<BootEntry> load_bzimage(const GuestMemory& mem, std::span<const std::uint
     put(0x224, std::uint16_t{0xfe00});                            // heap_end_ptr
     put(0x228, static_cast<std::uint32_t>(layout::kCmdline));     // cmd_line_ptr
     put(0x1fa, std::uint16_t{0xffff});                            // vid_mode: normal
+    put(0x070, rsdp);                                             // acpi_rsdp_addr
     if (!initrd.empty()) {
         auto at = place_initrd(mem, initrd.size(), (kernel_end + 0xfff) & ~0xfffull,
                                std::uint64_t{initrd_max} + 1);

@@ -35,17 +35,20 @@ enum class KernelFormat { PvhElf, BzImage, Unknown };
 [[nodiscard]] common::Result<std::uint32_t> pvh_entry(std::span<const std::uint8_t> elf);
 
 // Loads an ELF64 x86-64 image's PT_LOAD segments at their physical addresses and writes the
-// hvm_start_info (with the initrd as module 0 when given) and the E820 memory map.
+// hvm_start_info (with the initrd as module 0 when given, the ACPI RSDP address when non-zero)
+// and the E820 memory map.
 [[nodiscard]] common::Result<BootEntry> load_pvh(const common::GuestMemory& mem,
                                                  std::span<const std::uint8_t> elf,
                                                  const std::string& cmdline,
-                                                 std::span<const std::uint8_t> initrd);
+                                                 std::span<const std::uint8_t> initrd,
+                                                 std::uint64_t rsdp = 0);
 
 // Loads a bzImage at 1 MiB with boot_params, command line and initrd (boot protocol ≥ 2.12,
 // 64-bit entry).
 [[nodiscard]] common::Result<BootEntry> load_bzimage(const common::GuestMemory& mem,
                                                      std::span<const std::uint8_t> image,
                                                      const std::string& cmdline,
-                                                     std::span<const std::uint8_t> initrd);
+                                                     std::span<const std::uint8_t> initrd,
+                                                     std::uint64_t rsdp = 0);
 
 }  // namespace hypervisor

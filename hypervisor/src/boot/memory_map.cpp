@@ -21,7 +21,7 @@ std::vector<E820Entry> e820_map(const std::vector<common::MemoryRegion>& regions
         if (b == 0) {
             m.push_back({0, layout::kMpTable, kE820Ram});
             m.push_back({layout::kMpTable, layout::kEbdaEnd - layout::kMpTable, kE820Reserved});
-            m.push_back({layout::kBiosRom, layout::kHighMem - layout::kBiosRom, kE820Reserved});
+            m.push_back({layout::kAcpi, layout::kHighMem - layout::kAcpi, kE820Reserved});
             if (e > layout::kHighMem) m.push_back({layout::kHighMem, e - layout::kHighMem, kE820Ram});
         } else {
             m.push_back({b, e - b, kE820Ram});

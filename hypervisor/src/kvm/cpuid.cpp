@@ -9,6 +9,7 @@ std::vector<kvm_cpuid_entry2> filter_cpuid(std::vector<kvm_cpuid_entry2> entries
             case 0x1:
                 e.ebx = (vcpu_id << 24) | ((vcpu_count & 0xff) << 16) | (8u << 8);
                 e.ecx |= 1u << 31;
+                e.edx |= 1u << 9;  // the in-kernel local APIC is always there
                 if (vcpu_count > 1) e.edx |= 1u << 28;
                 else e.edx &= ~(1u << 28);
                 break;

@@ -10,7 +10,9 @@ namespace hypervisor {
 
 // Filter applied to KVM_GET_SUPPORTED_CPUID, per vCPU:
 //  - leaf 1: EBX[31:24] = APIC id, EBX[23:16] = vCPU count, EBX[15:8] = CLFLUSH size 8
-//    (64 bytes); ECX bit 31 (hypervisor present) set; EDX bit 28 (HTT) set when count > 1.
+//    (64 bytes); ECX bit 31 (hypervisor present) set; EDX bit 9 (APIC) set, since every vCPU
+//    has the in-kernel local APIC (some KVMs report it clear in the supported set);
+//    EDX bit 28 (HTT) set when count > 1.
 //  - leaf 0xB / 0x1F: x2APIC id in EDX; one thread per core, `count` cores per package.
 //  - leaf 4: cores per package (EAX[31:26]) = count - 1, threads sharing a cache reset.
 //  - leaf 6 (thermal and power): cleared; the guest has no such interface.

@@ -129,6 +129,18 @@ Status KvmVm::create_pit() {
     return check(xioctl(fd_.get(), KVM_CREATE_PIT2, &cfg), "KVM_CREATE_PIT2");
 }
 
+Status KvmVm::mask_pic() {
+    for (std::uint32_t chip : {KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE}) {
+        kvm_irqchip c{};
+        c.chip_id = chip;
+        if (xioctl(fd_.get(), KVM_GET_IRQCHIP, &c) < 0) return fail(Error::from_errno("KVM_GET_IRQCHIP"));
+        c.chip.pic.imr = 0xff;
+        c.chip.pic.irq_base = chip == KVM_IRQCHIP_PIC_MASTER ? 0x08 : 0x70;
+        if (xioctl(fd_.get(), KVM_SET_IRQCHIP, &c) < 0) return fail(Error::from_errno("KVM_SET_IRQCHIP"));
+    }
+    return {};
+}
+
 Status KvmVm::set_tss_addr(std::uint64_t gpa) {
     return check(xioctl(fd_.get(), KVM_SET_TSS_ADDR, static_cast<unsigned long>(gpa)),
                  "KVM_SET_TSS_ADDR");

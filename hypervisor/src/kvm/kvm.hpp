@@ -51,6 +51,9 @@ public:
     // In-kernel PIC, IOAPIC and local APICs, plus the PIT.
     Status create_irqchip();
     Status create_pit();
+    // Puts both 8259s in the state firmware leaves them in: vector bases 0x08 and 0x70, every
+    // line masked. Guests that use the PIC program it; others never see its stray vectors.
+    Status mask_pic();
     Status set_tss_addr(std::uint64_t gpa);
     Status set_identity_map_addr(std::uint64_t gpa);
     // Replaces the whole GSI routing table.

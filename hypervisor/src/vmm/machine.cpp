@@ -9,11 +9,14 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <fmt/format.h>
 #include <fstream>
 #include <iterator>
 #include <thread>
 
+#include "boot/acpi.hpp"
 #include "boot/cpu_setup.hpp"
 #include "boot/layout.hpp"
 #include "boot/loader.hpp"
@@ -49,6 +52,24 @@ Result<std::vector<std::uint8_t>> read_file(const std::string& path, std::string
     if (f.bad()) return fail(Error::from_errno(fmt::format("reading {} {}", what, path)));
     if (data.empty()) return fail(Error::invalid(fmt::format("{} {} is empty", what, path)));
     return data;
+}
+
+// The vmm's own memory, apart from guest RAM (which is shared memory: RssShmem).
+void log_memory_use() {
+    std::ifstream f("/proc/self/status");
+    std::string line;
+    long anon = -1, file = -1, shmem = -1, hwm = -1;
+    while (std::getline(f, line)) {
+        auto value = [&](const char* key, long& out) {
+            if (line.rfind(key, 0) == 0) out = std::strtol(line.c_str() + std::strlen(key), nullptr, 10);
+        };
+        value("RssAnon:", anon);
+        value("RssFile:", file);
+        value("RssShmem:", shmem);
+        value("VmHWM:", hwm);
+    }
+    spdlog::info("vmm memory: own RSS {} KiB (anon {} + file {}), guest RAM touched {} KiB, peak RSS {} KiB",
+                 anon + file, anon, file, shmem, hwm);
 }
 
 // Puts the terminal in raw mode for the guest's console and restores it on destruction.
@@ -122,6 +143,7 @@ common::Status KvmMachine::setup_devices() {
     if (auto s = vm_.set_identity_map_addr(layout::kKvmIdentityMap); !s) spdlog::debug("{}", s.error().message);
     if (auto s = vm_.create_irqchip(); !s) return s;
     if (auto s = vm_.create_pit(); !s) return s;
+    if (auto s = vm_.mask_pic(); !s) return s;
     if (auto s = router_.init(); !s) return s;
 
     serial_ = std::make_shared<Serial16550>(STDOUT_FILENO, [this](bool level) {
@@ -159,6 +181,7 @@ common::Status KvmMachine::setup_vcpus(const BootEntry& entry) {
         if (id == 0) {  // APs wait for INIT/SIPI in the in-kernel local APIC
             auto sregs = vcpu->get_sregs();
             if (!sregs) return fail(std::move(sregs.error()));
+            spdlog::debug("vCPU 0: APIC base {:#x} at creation", sregs->apic_base);
             if (auto s = vcpu->set_sregs(boot_sregs(*sregs, entry.mode)); !s) return s;
             if (auto s = vcpu->set_regs(boot_regs(entry)); !s) return s;
         }
@@ -179,16 +202,18 @@ common::Status KvmMachine::setup() {
         if (!i) return fail(std::move(i.error()));
         initrd = std::move(*i);
     }
+    if (auto s = write_mptable(mem_, cfg_.vcpus); !s) return s;
+    auto rsdp = write_acpi(mem_, cfg_.vcpus);
+    if (!rsdp) return fail(std::move(rsdp.error()));
     Result<BootEntry> entry = fail(Error::invalid("unreachable"));
     switch (detect_kernel(*kernel)) {
-        case KernelFormat::PvhElf: entry = load_pvh(mem_, *kernel, cfg_.cmdline, initrd); break;
-        case KernelFormat::BzImage: entry = load_bzimage(mem_, *kernel, cfg_.cmdline, initrd); break;
+        case KernelFormat::PvhElf: entry = load_pvh(mem_, *kernel, cfg_.cmdline, initrd, *rsdp); break;
+        case KernelFormat::BzImage: entry = load_bzimage(mem_, *kernel, cfg_.cmdline, initrd, *rsdp); break;
         case KernelFormat::Unknown:
             return fail(Error::invalid(fmt::format("kernel {}: neither a PVH ELF nor a bzImage", cfg_.kernel)));
     }
     if (!entry) return fail(std::move(entry.error()).context(fmt::format("kernel {}", cfg_.kernel)));
     if (auto s = write_boot_tables(mem_, entry->mode); !s) return s;
-    if (auto s = write_mptable(mem_, cfg_.vcpus); !s) return s;
     spdlog::debug("kernel {} loaded, entry {:#x} ({})", cfg_.kernel, entry->rip,
                   entry->mode == EntryMode::Pvh32 ? "PVH 32-bit" : "64-bit boot protocol");
     return setup_vcpus(*entry);
@@ -223,6 +248,7 @@ int KvmMachine::run() {
         stop = ctl_.wait(std::nullopt);
     }
     stop_threads();
+    log_memory_use();
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start_);
     switch (stop->reason) {
         case StopReason::GuestExit:

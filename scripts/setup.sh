@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the project needs on Debian 12, builds everything into build/, and makes the
+# guest images. Idempotent: a second run only rebuilds what changed.
+# Usage: scripts/setup.sh            (BUILD_DIR overrides build/)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
+
+PACKAGES=(
+  build-essential cmake ninja-build pkg-config
+  libspdlog-dev libfmt-dev doctest-dev libcli11-dev liburing-dev
+  clang lld libclang-rt-14-dev
+  busybox-static kmod cpio gzip
+  qemu-system-x86 fio procps
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  if [[ $(id -u) -ne 0 ]]; then echo "setup: need root to install packages" >&2; exit 1; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$BUILD_DIR" -j "$(nproc)"
+"$ROOT/guest/linux/build-image.sh" "$BUILD_DIR/images"
