@@ -53,6 +53,10 @@ def main():
             m = re.search(r"own RSS (\d+) KiB", err)
             if m:
                 own_kib = int(m.group(1))
+            # ru_maxrss also counts the forked launcher before exec; nitrovm reports its own peak.
+            m = re.search(r"peak RSS (\d+) KiB", err)
+            if m:
+                maxrss = int(m.group(1))
             ok = t_banner is not None
             rows.append([i, name, f"{t_banner * 1000:.2f}" if ok else None, f"{total * 1000:.1f}", code,
                          maxrss, own_kib])
