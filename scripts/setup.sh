@@ -9,7 +9,7 @@ BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
 PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libspdlog-dev libfmt-dev doctest-dev libcli11-dev liburing-dev
-  clang lld libclang-rt-14-dev
+  clang-19 lld-19 libclang-rt-19-dev
   busybox-static kmod cpio gzip
   qemu-system-x86 fio procps
 )
