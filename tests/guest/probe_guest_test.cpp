@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <regex>
 
@@ -27,7 +28,66 @@ testsupport::ProcessResult nitrovm(std::vector<std::string> args) {
     return r;
 }
 
+// A minimal PVH ELF whose 32-bit entry runs `code`; written to a temporary file.
+std::string tiny_guest(const std::vector<std::uint8_t>& code) {
+    std::vector<std::uint8_t> f(0x1000, 0);
+    auto put = [&](std::size_t o, auto v) { std::memcpy(&f[o], &v, sizeof v); };
+    const std::uint8_t ident[16] = {0x7f, 'E', 'L', 'F', 2, 1, 1};
+    std::memcpy(f.data(), ident, 16);
+    put(16, std::uint16_t{2});        // ET_EXEC
+    put(18, std::uint16_t{62});       // EM_X86_64
+    put(20, std::uint32_t{1});
+    put(24, std::uint64_t{0x100000}); // e_entry
+    put(32, std::uint64_t{64});       // e_phoff
+    put(52, std::uint16_t{64});
+    put(54, std::uint16_t{56});
+    put(56, std::uint16_t{2});        // two program headers
+    // PT_LOAD: file 0x800.. at 1 MiB
+    put(64, std::uint32_t{1});
+    put(68, std::uint32_t{5});
+    put(72, std::uint64_t{0x800});
+    put(80, std::uint64_t{0x100000});
+    put(88, std::uint64_t{0x100000});
+    put(96, std::uint64_t{code.size()});
+    put(104, std::uint64_t{code.size()});
+    // PT_NOTE at 0x400: "Xen", type 18, entry 1 MiB
+    put(120, std::uint32_t{4});
+    put(128, std::uint64_t{0x400});
+    put(160, std::uint64_t{20});
+    put(0x400, std::uint32_t{4});
+    put(0x404, std::uint32_t{4});
+    put(0x408, std::uint32_t{18});
+    std::memcpy(&f[0x40c], "Xen", 4);
+    put(0x410, std::uint32_t{0x100000});
+    std::memcpy(&f[0x800], code.data(), code.size());
+    char path[] = "/tmp/nitrovm-tiny-XXXXXX";
+    int fd = ::mkstemp(path);
+    REQUIRE(fd >= 0);
+    REQUIRE(::write(fd, f.data(), f.size()) == static_cast<ssize_t>(f.size()));
+    ::close(fd);
+    return path;
+}
+
 }  // namespace
+
+TEST_CASE("a guest that triple-faults ends with status 125 and a register dump") {
+    auto path = tiny_guest({0x0f, 0x0b});  // ud2 with no IDT: #UD, #DF, triple fault
+    auto r = nitrovm({"--kernel", path});
+    ::unlink(path.c_str());
+    CHECK(r.status == 125);
+    CHECK(r.err.find("triple fault") != std::string::npos);
+    CHECK(r.err.find("rip=0x0000000000100000") != std::string::npos);
+    CHECK(r.err.find("instruction bytes: 0f 0b") != std::string::npos);
+}
+
+TEST_CASE("a guest that never ends is stopped by --timeout with status 124") {
+    auto path = tiny_guest({0xeb, 0xfe});  // jmp .
+    auto r = nitrovm({"--kernel", path, "--timeout", "0.3", "--vcpus", "2"});
+    ::unlink(path.c_str());
+    CHECK(r.status == 124);
+    CHECK(r.err.find("timeout") != std::string::npos);
+    CHECK(r.elapsed < std::chrono::seconds(10));
+}
 
 TEST_CASE("probe guest on 1 vCPU prints its banner and exits 0") {
     auto r = nitrovm({"--guest", "probe", "--vcpus", "1", "--", "exit", "0"});

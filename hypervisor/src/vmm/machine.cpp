@@ -250,14 +250,23 @@ int KvmMachine::run() {
     stop_threads();
     log_memory_use();
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start_);
+    std::uint64_t exits = 0, unclaimed = 0;
+    for (const auto& v : vcpus_) {
+        exits += v->exits();
+        unclaimed += v->unclaimed();
+    }
+    if (unclaimed)
+        spdlog::info("{} guest accesses to unclaimed ports or MMIO were ignored (--log-level debug lists them)",
+                     unclaimed);
     switch (stop->reason) {
         case StopReason::GuestExit:
         case StopReason::Reset:
         case StopReason::Shutdown:
-            spdlog::info("VM ended ({}) after {} ms, exit status {}", stop->detail, ms.count(), stop->status);
+            spdlog::info("VM ended after {} ms ({}), {} vCPU exits, exit status {}", ms.count(), stop->detail,
+                         exits, stop->status);
             break;
         default:
-            spdlog::error("VM ended: {} after {} ms, exit status {}", stop->detail, ms.count(), stop->status);
+            spdlog::error("VM ended after {} ms, exit status {}: {}", ms.count(), stop->status, stop->detail);
     }
     return stop->status;
 }

@@ -27,6 +27,8 @@ public:
     void request_exit();
     [[nodiscard]] bool exited() const { return exited_.load(); }
     [[nodiscard]] std::uint64_t exits() const { return exits_.load(); }
+    // Read after the thread has stopped.
+    [[nodiscard]] std::uint64_t unclaimed() const { return unclaimed_; }
 
 private:
     // Returns false when the VM must stop.
