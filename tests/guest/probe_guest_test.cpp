@@ -53,7 +53,7 @@ std::string tiny_guest(const std::vector<std::uint8_t>& code) {
     // PT_NOTE at 0x400: "Xen", type 18, entry 1 MiB
     put(120, std::uint32_t{4});
     put(128, std::uint64_t{0x400});
-    put(160, std::uint64_t{20});
+    put(152, std::uint64_t{20});
     put(0x400, std::uint32_t{4});
     put(0x404, std::uint32_t{4});
     put(0x408, std::uint32_t{18});
