@@ -7,7 +7,10 @@ the two so that drift on this shared machine hits both alike; medians and their 
 reported. Also reported: nitrovm's own memory (RSS beyond guest RAM, from its exit log) and
 QEMU's peak RSS.
 
-Usage: bench/boot/run.py [--runs N] [--out DIR] [--build DIR]
+With --linux, the same for this repo's Linux image (build/images), which boots only inside the
+KVM-in-TCG lane here: see bench/boot/linux.py.
+
+Usage: bench/boot/run.py [--runs N] [--out DIR] [--build DIR] [--linux [--linux-runs N]]
 """
 import argparse
 import os
@@ -16,6 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import common  # noqa: E402
+import linux  # noqa: E402  (bench/boot/linux.py)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -26,6 +30,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "boot"))
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--memory-mib", type=int, default=256)
+    ap.add_argument("--linux", action="store_true", help="also the Linux guest, inside the KVM lane")
+    ap.add_argument("--linux-runs", type=int, default=5, help="timed Linux boots of each vmm (default 5)")
     args = ap.parse_args()
 
     nitrovm = os.path.join(args.build, "bin", "nitrovm")
@@ -86,6 +92,11 @@ def main():
     if ours_rss:
         print(f"nitrovm RSS beyond guest RAM: {ours_rss / 1024:.2f} MiB (goal <= 5 MiB)")
     print(f"CSV: {os.path.join(args.out, 'boot.csv')}")
+
+    if args.linux:
+        print(flush=True)
+        if not linux.run(args.linux_runs, args.out, args.build):
+            sys.exit(1)
 
 
 if __name__ == "__main__":
