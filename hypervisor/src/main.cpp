@@ -13,6 +13,7 @@
 #include "cli.hpp"
 #include "common/log.hpp"
 #include "devices/vm_control.hpp"
+#include "storage/volume_spec.hpp"
 #include "vmm/machine.hpp"
 
 namespace {
@@ -50,6 +51,8 @@ int main(int argc, char** argv) {
     double timeout_s = 0;
     std::string interactive = "auto";
     std::vector<std::string> guest_args;
+    std::string io_model = "auto";
+    std::vector<std::string> volumes;
     run->add_option("--guest", guest, "probe or linux (selects default kernel, initrd, command line)")
         ->check(CLI::IsMember({"probe", "linux"}))->capture_default_str();
     run->add_option("--kernel", kernel, "kernel: a PVH ELF or a bzImage");
@@ -60,6 +63,11 @@ int main(int argc, char** argv) {
     run->add_option("--timeout", timeout_s, "seconds before the VM is stopped (0: none); exit status 124");
     run->add_option("--interactive", interactive, "feed stdin to the guest console: auto, yes, no")
         ->check(CLI::IsMember({"auto", "yes", "no"}));
+    run->add_option("--io-model", io_model, "none or nitro (auto: nitro when volumes are given)")
+        ->check(CLI::IsMember({"auto", "none", "nitro"}));
+    run->add_option("--volume", volumes,
+                    "PATH[,size=64M][,iops=N][,mbps=N][,ram]: an EBS volume as an NVMe controller (repeatable; "
+                    "nvme0n1, nvme1n1, ... in order); a missing file with a size is created");
     run->add_option("args", guest_args, "after --: the probe's workload, or the command Linux's /init runs");
     app.positionals_at_end();
 
@@ -81,9 +89,17 @@ int main(int argc, char** argv) {
     if (timeout_s > 0) cfg.timeout = std::chrono::milliseconds(static_cast<long long>(timeout_s * 1000));
     cfg.interactive = interactive == "yes" || (interactive == "auto" && ::isatty(STDIN_FILENO));
 
+    for (const auto& v : volumes) {
+        if (auto spec = nitro_card::storage::parse_volume_spec(v); !spec) return usage_error(spec.error().message);
+    }
+    if (io_model == "none" && !volumes.empty()) return usage_error("--volume needs --io-model nitro");
+    cfg.volumes = volumes;
+    cfg.log_level = log_level;
+
     auto args = hypervisor::cli::join_guest_args(guest_args);
     if (!args) return usage_error(args.error().message);
     fs::path base = build_dir();
+    cfg.card_binary = (base / "bin" / "nitro-card").string();
     if (guest == "probe") {
         cfg.kernel = kernel.empty() ? (base / "guest" / "probe.elf").string() : kernel;
         cfg.initrd = initrd;

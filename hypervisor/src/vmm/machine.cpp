@@ -29,6 +29,8 @@
 #include "devices/vm_control.hpp"
 #include "kvm/cpuid.hpp"
 #include "kvm/kvm.hpp"
+#include "nitro/card_process.hpp"
+#include "nitro/remote_function.hpp"
 #include "pci/root_bus.hpp"
 #include "vmm/irq_router.hpp"
 #include "vmm/vcpu_runner.hpp"
@@ -93,6 +95,25 @@ private:
     bool active_ = false;
 };
 
+// Doorbell ioeventfds of remote devices, registered with this VM.
+class KvmIoEvents final : public nitro::IoEventRegistrar {
+public:
+    explicit KvmIoEvents(KvmVm& vm) : vm_(vm) {}
+    common::Status add(int fd, std::uint64_t gpa, std::uint32_t len, std::optional<std::uint64_t> dm) override {
+        return vm_.ioeventfd(fd, gpa, len, false, true, dm);
+    }
+    common::Status remove(int fd, std::uint64_t gpa, std::uint32_t len, std::optional<std::uint64_t> dm) override {
+        return vm_.ioeventfd(fd, gpa, len, false, false, dm);
+    }
+
+private:
+    KvmVm& vm_;
+};
+
+// NVMe registers after whose write the card may change its fast-path doorbells: CC (enable,
+// reset) and the admin submission queue's doorbell (Doorbell Buffer Config, queue creation).
+constexpr std::uint64_t kNvmeCc = 0x14, kNvmeAdminSqDoorbell = 0x1000;
+
 class KvmMachine final : public Machine {
 public:
     KvmMachine(KvmSystem sys, KvmVm vm, common::GuestMemory mem, const MachineConfig& cfg,
@@ -108,6 +129,7 @@ public:
 private:
     common::Status setup_memory();
     common::Status setup_devices();
+    common::Status setup_nitro();
     common::Status setup_vcpus(const BootEntry& entry);
     void stop_threads();
     void stdin_pump();
@@ -121,6 +143,8 @@ private:
     Bus pio_{"pio"};
     Bus mmio_{"mmio"};
     IrqRouter router_;
+    KvmIoEvents ioevents_{vm_};
+    std::optional<nitro::CardProcess> card_;
     pci::RootBus pci_;
     std::shared_ptr<Serial16550> serial_;
     std::vector<std::unique_ptr<VcpuRunner>> vcpus_;
@@ -163,6 +187,21 @@ common::Status KvmMachine::setup_devices() {
     auto test = TestDevice::create(pci_, router_);
     if (!test) return fail(std::move(test.error()).context("creating the test device"));
     if (auto d = pci_.add(*test); !d) return fail(std::move(d.error()));
+    return setup_nitro();
+}
+
+common::Status KvmMachine::setup_nitro() {
+    if (cfg_.volumes.empty()) return {};
+    auto card = nitro::CardProcess::start(cfg_.card_binary, cfg_.volumes, cfg_.log_level, std::chrono::seconds(10));
+    if (!card) return fail(std::move(card.error()));
+    card_.emplace(std::move(*card));
+    for (std::size_t i = 0; i < cfg_.volumes.size(); ++i) {
+        nitro::RemoteDeviceSpec spec{card_->socket_path(i), fmt::format("nvme{}", i), {kNvmeCc, kNvmeAdminSqDoorbell},
+                                     std::min<unsigned>(64, cfg_.vcpus + 1)};
+        auto fn = nitro::RemoteFunction::connect(spec, mem_, pci_, router_, ioevents_);
+        if (!fn) return fail(std::move(fn.error()));
+        if (auto d = pci_.add(*fn); !d) return fail(std::move(d.error()));
+    }
     return {};
 }
 

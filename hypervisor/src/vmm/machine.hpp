@@ -23,6 +23,10 @@ struct MachineConfig {
     std::optional<std::chrono::milliseconds> timeout;
     bool interactive = false;  // feed stdin to the serial port
     std::string kvm_path = "/dev/kvm";
+    // The nitro I/O model: one NVMe controller per volume spec, served by the card process.
+    std::vector<std::string> volumes;
+    std::string card_binary;
+    std::string log_level = "info";
 };
 
 class Machine {
