@@ -13,6 +13,10 @@
 #define MEMMAP_MAX_ENTRIES 128
 #define MAX_ARGS 16
 #define FOUR_GIB 0x100000000ull
+#define THREE_GIB 0xC0000000ull /* 3-4 GiB is mapped uncached (entry.S): not for RAM use */
+#define FREE_ALIGN 0x200000ull
+
+extern uint8_t __image_end[];
 
 /* Xen public/arch-x86/hvm/start_info.h, version 1. */
 struct hvm_start_info {
@@ -42,6 +46,18 @@ uint64_t tsc_khz CPL0_DATA = 3000000; /* until measured */
 /* Only the first 4 GiB are mapped; anything the loader put above is treated as absent. */
 static bool below_4g(uint64_t pa, uint64_t len) {
     return pa != 0 && pa < FOUR_GIB && len <= FOUR_GIB - pa;
+}
+
+/* Keeps the largest part of a RAM range that lies above the image and below 3 GiB. */
+static void note_free_range(uint64_t addr, uint64_t size) {
+    uint64_t lo = ((uint64_t)__image_end + FREE_ALIGN - 1) & ~(FREE_ALIGN - 1);
+    uint64_t hi = addr + size < addr ? UINT64_MAX : addr + size;
+    lo = addr > lo ? addr : lo;
+    hi = hi < THREE_GIB ? hi : THREE_GIB;
+    if (hi > lo && hi - lo > boot.free_end - boot.free_base) {
+        boot.free_base = lo;
+        boot.free_end = hi;
+    }
 }
 
 /*
@@ -77,6 +93,7 @@ static void read_start_info(void) {
         for (uint32_t i = 0; i < entries; i++) {
             if (e[i].type == E820_RAM) {
                 boot.ram_bytes += e[i].size;
+                note_free_range(e[i].addr, e[i].size);
             }
         }
     }

@@ -77,6 +77,10 @@ struct boot_info {
     char cmdline[CMDLINE_MAX];
     uint64_t ram_bytes;
     uint64_t rsdp_pa; /* from the loader, 0 if none */
+    /* The largest RAM range of the memory map above the image and below 3 GiB (mem.c hands it
+     * out); both 0 without a memory map. */
+    uint64_t free_base;
+    uint64_t free_end;
 };
 extern struct boot_info boot;
 extern uint32_t pvh_start_info_pa; /* written by the 32-bit entry (ebx) */
@@ -148,9 +152,16 @@ bool pci_find(uint16_t vendor, uint16_t device, struct pci_dev* out);
 uint64_t pci_bar_address(struct pci_dev d, unsigned bir);
 uint8_t pci_find_cap(struct pci_dev d, uint8_t cap_id);
 
-/* ---- workloads (workloads.c, msi.c) ---- */
+/* ---- RAM beyond the image (mem.c): a bump allocator, identity-mapped (physical = virtual) ---- */
+void* ram_alloc(uint64_t bytes, uint64_t align); /* zeroed; NULL (with a message) when out */
+uint64_t ram_mark(void);
+void ram_release(uint64_t mark); /* frees everything allocated since ram_mark() */
+
+/* ---- workloads (workloads.c, msi.c, nvme_verify.c, nvme_bench.c) ---- */
 int run_workload(int argc, char** argv);
 int workload_msi(int argc, char** argv);
+int workload_nvme_verify(int argc, char** argv);
+int workload_nvme_bench(int argc, char** argv);
 
 /* ---- small libc replacements (lib.c) ---- */
 void* memset(void* dst, int c, size_t n);

@@ -1,5 +1,6 @@
 /*
- * Workload dispatch and the small workloads: `exit N`, `smp` and `fault`. `msi` is in msi.c.
+ * Workload dispatch and the small workloads: `exit N`, `smp` and `fault`. `msi` is in msi.c,
+ * `nvme-verify` in nvme_verify.c, `nvme-bench` in nvme_bench.c.
  * Each returns the probe's exit status.
  */
 #include "probe.h"
@@ -84,6 +85,12 @@ int run_workload(int argc, char** argv) {
     }
     if (strcmp(argv[0], "fault") == 0) {
         return workload_fault(argc, argv);
+    }
+    if (strcmp(argv[0], "nvme-verify") == 0) {
+        return workload_nvme_verify(argc, argv);
+    }
+    if (strcmp(argv[0], "nvme-bench") == 0) {
+        return workload_nvme_bench(argc, argv);
     }
     printk("probe: unknown workload '%s'\n", argv[0]);
     return 2;

@@ -1,0 +1,398 @@
+/*
+ * `nvme-bench rw=randread|randwrite|read|write bs=4096 qd=1..64[,qd...] seconds=S [ctrl=I]
+ * [irq=0|1] [shadow=0|1]`: keeps qd commands in flight on one I/O queue pair for S seconds
+ * and prints one `result:` line per queue depth (README.md). Latency is TSC time from the
+ * doorbell (or shadow) update of a command's batch to the pass that sees its completion.
+ * Polled by default; irq=1 sleeps on the MSI-X handler's counter (vector 1) instead.
+ * Writes carry the nvme-verify pattern of their blocks, so the disk stays checkable.
+ */
+#include "nvme.h"
+#include "x86.h"
+
+#define MAX_QDS 8
+#define MAX_BS (1024u * 1024u)
+#define MAX_SECONDS 3600
+#define STALL_US 5000000 /* no completion for this long: give up */
+
+/* Log-linear latency histogram over TSC cycles: 32 linear steps per power of two (<= 3 %). */
+#define SUB_BITS 5
+#define SUBS (1u << SUB_BITS)
+#define HIST_BUCKETS (64u * SUBS)
+
+enum rw_kind { RANDREAD, RANDWRITE, SEQREAD, SEQWRITE };
+static const char* const rw_names[] = {"randread", "randwrite", "read", "write"};
+
+struct bench_cfg {
+    enum rw_kind rw;
+    uint32_t bs;
+    uint32_t qds[MAX_QDS];
+    unsigned n_qds;
+    uint64_t seconds;
+    uint64_t ctrl;
+    struct nvme_opts opts;
+};
+
+struct run_state {
+    uint64_t ios, errors, bytes;
+    uint64_t start, last_completion;
+    uint64_t irqs;
+    uint64_t sq_mmio, sq_shadow_only, cq_mmio, cq_shadow_only; /* doorbell updates */
+    bool stalled;
+};
+
+static struct nvme_ctrl ctrls[NVME_MAX_CTRLS];
+static uint32_t hist[HIST_BUCKETS];
+static uint64_t submit_tsc[NVME_IO_ENTRIES_MAX];
+static uint64_t slot_lba[NVME_IO_ENTRIES_MAX];
+static bool in_flight[NVME_IO_ENTRIES_MAX];
+static uint16_t free_cids[NVME_IO_ENTRIES_MAX];
+
+static unsigned bucket_of(uint64_t v) {
+    if (v < SUBS) {
+        return (unsigned)v;
+    }
+    unsigned msb = 63u - (unsigned)__builtin_clzll(v);
+    unsigned shift = msb - SUB_BITS;
+    return (shift + 1) * SUBS + (unsigned)((v >> shift) & (SUBS - 1));
+}
+
+/* Middle of a bucket, in cycles. */
+static uint64_t bucket_value(unsigned b) {
+    if (b < SUBS) {
+        return b;
+    }
+    unsigned shift = b / SUBS - 1;
+    uint64_t low = (uint64_t)(SUBS + b % SUBS) << shift;
+    return low + ((1ull << shift) >> 1);
+}
+
+static uint64_t percentile_cycles(uint64_t total, unsigned permille) {
+    uint64_t target = (total * permille + 999) / 1000;
+    uint64_t seen = 0;
+    for (unsigned b = 0; b < HIST_BUCKETS; b++) {
+        seen += hist[b];
+        if (seen >= target && seen > 0) {
+            return bucket_value(b);
+        }
+    }
+    return 0;
+}
+
+static uint64_t cycles_to_us(uint64_t cycles) {
+    return (cycles * 1000 + tsc_khz / 2) / tsc_khz;
+}
+
+static uint64_t xorshift64(uint64_t* s) {
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *s = x;
+    return x;
+}
+
+static bool parse_qds(const char* s, struct bench_cfg* cfg) {
+    char word[16];
+    cfg->n_qds = 0;
+    while (*s != '\0') {
+        size_t n = 0;
+        while (s[n] != '\0' && s[n] != ',' && n + 1 < sizeof(word)) {
+            word[n] = s[n];
+            n++;
+        }
+        word[n] = '\0';
+        uint64_t qd;
+        if (cfg->n_qds == MAX_QDS || !parse_u64(word, &qd) || qd < 1 || qd > NVME_QD_MAX) {
+            return false;
+        }
+        cfg->qds[cfg->n_qds++] = (uint32_t)qd;
+        s += n;
+        if (*s == ',') {
+            s++;
+        } else if (*s != '\0') {
+            return false;
+        }
+    }
+    return cfg->n_qds > 0;
+}
+
+static bool parse_args(int argc, char** argv, struct bench_cfg* cfg) {
+    for (int i = 1; i < argc; i++) {
+        char* a = argv[i];
+        char* eq = a;
+        while (*eq != '\0' && *eq != '=') {
+            eq++;
+        }
+        if (*eq != '=') {
+            return false;
+        }
+        *eq = '\0';
+        const char* v = eq + 1;
+        uint64_t n = 0;
+        bool num = parse_u64(v, &n);
+        bool ok = true;
+        if (strcmp(a, "rw") == 0) {
+            ok = false;
+            for (unsigned k = 0; k < 4; k++) {
+                if (strcmp(v, rw_names[k]) == 0) {
+                    cfg->rw = (enum rw_kind)k;
+                    ok = true;
+                }
+            }
+        } else if (strcmp(a, "bs") == 0) {
+            ok = num && n >= 512 && n <= MAX_BS && (n & 511) == 0;
+            cfg->bs = (uint32_t)n;
+        } else if (strcmp(a, "qd") == 0) {
+            ok = parse_qds(v, cfg);
+        } else if (strcmp(a, "seconds") == 0) {
+            ok = num && n >= 1 && n <= MAX_SECONDS;
+            cfg->seconds = n;
+        } else if (strcmp(a, "ctrl") == 0) {
+            ok = num && n < NVME_MAX_CTRLS;
+            cfg->ctrl = n;
+        } else if (strcmp(a, "irq") == 0) {
+            ok = num && n <= 1;
+            cfg->opts.irq = n != 0;
+        } else if (strcmp(a, "shadow") == 0) {
+            ok = num && n <= 1;
+            cfg->opts.shadow = n != 0;
+        } else {
+            ok = false;
+        }
+        *eq = '=';
+        if (!ok) {
+            printk("nvme-bench: bad argument '%s'\n", a);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Next target LBA: uniformly random bs-aligned offsets, or sequential with wrap-around. */
+static uint64_t next_lba(const struct bench_cfg* cfg, uint64_t slots, uint32_t nblk, uint64_t* rng,
+                         uint64_t* seq) {
+    uint64_t slot;
+    if (cfg->rw == RANDREAD || cfg->rw == RANDWRITE) {
+        slot = xorshift64(rng) % slots;
+    } else {
+        slot = *seq;
+        *seq = *seq + 1 == slots ? 0 : *seq + 1;
+    }
+    return slot * nblk;
+}
+
+/* Drains new completions; returns how many, or -1 on a corrupt completion. */
+static int reap_all(struct nvme_ctrl* c, struct run_state* r, uint32_t* inflight, unsigned* nfree) {
+    struct nvme_cqe e;
+    int reaped = 0;
+    uint64_t now = 0;
+    while (nvme_io_reap(c, &e)) {
+        if (reaped == 0) {
+            now = rdtsc();
+        }
+        if (e.cid >= c->io.entries || !in_flight[e.cid]) {
+            printk("nvme-bench: completion for unknown cid %u (sq_id=%u)\n", e.cid, e.sq_id);
+            return -1;
+        }
+        uint16_t st = nvme_cqe_status(&e);
+        if (st != 0) {
+            if (r->errors++ == 0) {
+                char why[80];
+                nvme_status_str(st, why, sizeof(why));
+                printk("nvme-bench: I/O error lba=%llu: %s\n", (unsigned long long)slot_lba[e.cid],
+                       why);
+            }
+        } else {
+            r->ios++;
+            hist[bucket_of(now - submit_tsc[e.cid])]++;
+        }
+        in_flight[e.cid] = false;
+        free_cids[(*nfree)++] = e.cid;
+        --*inflight;
+        reaped++;
+    }
+    if (reaped > 0) {
+        nvme_io_cq_release(c);
+        r->last_completion = now;
+    }
+    return reaped;
+}
+
+static bool run_one(struct nvme_ctrl* c, const struct bench_cfg* cfg, uint32_t qd, uint8_t* bufs,
+                    struct run_state* r) {
+    memset(hist, 0, sizeof(hist));
+    memset(in_flight, 0, sizeof(in_flight));
+    memset(r, 0, sizeof(*r));
+    uint32_t nblk = cfg->bs >> c->lba_shift;
+    uint64_t slots = c->blocks / nblk;
+    bool writes = cfg->rw == RANDWRITE || cfg->rw == SEQWRITE;
+    uint8_t opcode = writes ? NVME_CMD_WRITE : NVME_CMD_READ;
+    uint64_t rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)qd << 32) ^ c->index;
+    uint64_t seq = 0;
+    unsigned nfree = 0;
+    for (uint32_t i = qd; i > 0; i--) {
+        free_cids[nfree++] = (uint16_t)(i - 1);
+    }
+    uint32_t inflight = 0;
+    uint64_t irq0 = __atomic_load_n(&msi_count[1], __ATOMIC_ACQUIRE);
+    const struct nvme_queue* q = &c->io;
+    uint64_t sq0 = q->mmio_sq_rings, sqs0 = q->shadow_sq_skips;
+    uint64_t cq0 = q->mmio_cq_rings, cqs0 = q->shadow_cq_skips;
+    uint64_t stall = tsc_cycles_from_us(STALL_US);
+    r->start = rdtsc();
+    uint64_t end = r->start + cfg->seconds * tsc_khz * 1000;
+    uint64_t progress = r->start;
+    for (;;) {
+        uint64_t now = rdtsc();
+        if (now < end && nfree > 0) {
+            static uint16_t batch[NVME_IO_ENTRIES_MAX];
+            unsigned nb = 0;
+            while (nfree > 0) {
+                uint16_t cid = free_cids[--nfree];
+                uint8_t* buf = bufs + (uint64_t)cid * cfg->bs;
+                uint64_t lba = next_lba(cfg, slots, nblk, &rng, &seq);
+                if (writes) {
+                    for (uint32_t k = 0; k < nblk; k++) {
+                        nvme_pattern_fill(buf + ((uint64_t)k << c->lba_shift), c->block_size,
+                                          c->index, lba + k);
+                    }
+                }
+                if (!nvme_io_push(c, cid, opcode, lba, nblk, buf, cfg->bs)) {
+                    printk("nvme-bench: cannot queue cid %u\n", cid);
+                    return false;
+                }
+                slot_lba[cid] = lba;
+                in_flight[cid] = true;
+                inflight++;
+                batch[nb++] = cid;
+            }
+            uint64_t t = rdtsc();
+            for (unsigned k = 0; k < nb; k++) {
+                submit_tsc[batch[k]] = t;
+            }
+            nvme_io_kick(c);
+        } else if (now >= end && inflight == 0) {
+            break;
+        }
+        uint64_t irq_seen = __atomic_load_n(&msi_count[1], __ATOMIC_ACQUIRE);
+        int got = reap_all(c, r, &inflight, &nfree);
+        if (got < 0) {
+            return false;
+        }
+        if (got > 0) {
+            progress = rdtsc();
+            continue;
+        }
+        if (rdtsc() - progress > stall) {
+            printk("nvme-bench: no completion for %u ms with %u commands in flight\n",
+                   STALL_US / 1000, inflight);
+            r->stalled = true;
+            return false;
+        }
+        if (c->irq) {
+            /* Sleep on the handler's counter; a completion that raced the drain above has
+             * already moved it past irq_seen. */
+            while (__atomic_load_n(&msi_count[1], __ATOMIC_ACQUIRE) == irq_seen &&
+                   rdtsc() - progress <= stall) {
+                cpu_relax();
+            }
+        } else {
+            cpu_relax();
+        }
+    }
+    r->irqs = __atomic_load_n(&msi_count[1], __ATOMIC_ACQUIRE) - irq0;
+    r->bytes = r->ios * cfg->bs;
+    r->sq_mmio = q->mmio_sq_rings - sq0;
+    r->sq_shadow_only = q->shadow_sq_skips - sqs0;
+    r->cq_mmio = q->mmio_cq_rings - cq0;
+    r->cq_shadow_only = q->shadow_cq_skips - cqs0;
+    return r->errors == 0;
+}
+
+static void report(const struct nvme_ctrl* c, const struct bench_cfg* cfg, uint32_t qd,
+                   const struct run_state* r, bool ok) {
+    uint64_t elapsed = r->last_completion > r->start ? r->last_completion - r->start : 1;
+    uint64_t us = elapsed * 1000 / tsc_khz;
+    us = us ? us : 1;
+    uint64_t iops = r->ios * 1000000 / us;
+    /* MiB/s with one decimal; KiB first keeps the products inside 64 bits. */
+    uint64_t mbps10 = ((r->bytes / 1024) * 10000000 / 1024 + us / 2) / us;
+    printk(
+        "result: workload=nvme-bench rw=%s bs=%u qd=%u iops=%llu mbps=%llu.%llu p50_us=%llu "
+        "p99_us=%llu\n",
+        rw_names[cfg->rw], cfg->bs, qd, (unsigned long long)iops, (unsigned long long)(mbps10 / 10),
+        (unsigned long long)(mbps10 % 10),
+        (unsigned long long)cycles_to_us(percentile_cycles(r->ios, 500)),
+        (unsigned long long)cycles_to_us(percentile_cycles(r->ios, 990)));
+    printk(
+        "nvme-bench: ctrl %u %s ios=%llu errors=%llu elapsed_ms=%llu irq=%d shadow=%d "
+        "irqs=%llu sq_mmio=%llu sq_shadow_only=%llu cq_mmio=%llu cq_shadow_only=%llu "
+        "p999_us=%llu\n",
+        c->index, ok ? "ok" : "FAIL", (unsigned long long)r->ios, (unsigned long long)r->errors,
+        (unsigned long long)(us / 1000), c->irq, c->shadow, (unsigned long long)r->irqs,
+        (unsigned long long)r->sq_mmio, (unsigned long long)r->sq_shadow_only,
+        (unsigned long long)r->cq_mmio, (unsigned long long)r->cq_shadow_only,
+        (unsigned long long)cycles_to_us(percentile_cycles(r->ios, 999)));
+}
+
+int workload_nvme_bench(int argc, char** argv) {
+    struct bench_cfg cfg = {.rw = RANDREAD,
+                            .bs = 4096,
+                            .qds = {1},
+                            .n_qds = 1,
+                            .seconds = 5,
+                            .ctrl = 0,
+                            .opts = {.irq = false, .shadow = true}};
+    if (!parse_args(argc, argv, &cfg)) {
+        printk(
+            "nvme-bench: usage: nvme-bench rw=randread|randwrite|read|write bs=B qd=N[,N...] "
+            "seconds=S [ctrl=I] [irq=0|1] [shadow=0|1]\n");
+        return 2;
+    }
+    tsc_calibrate();
+    unsigned n = nvme_discover(ctrls, NVME_MAX_CTRLS);
+    if (n == 0) {
+        printk("nvme-bench: no NVMe controller found\n");
+        return 1;
+    }
+    if (cfg.ctrl >= n) {
+        printk("nvme-bench: ctrl=%llu but only %u controllers\n", (unsigned long long)cfg.ctrl, n);
+        return 2;
+    }
+    struct nvme_ctrl* c = &ctrls[cfg.ctrl];
+    if (!nvme_init(c, &cfg.opts)) {
+        printk("nvme-bench: ctrl %u bring-up failed\n", c->index);
+        return 1;
+    }
+    if (cfg.bs % c->block_size != 0 || cfg.bs > c->max_xfer || cfg.bs >> c->lba_shift > c->blocks) {
+        printk("nvme-bench: bs=%u must be a multiple of %u, at most %u and within the namespace\n",
+               cfg.bs, c->block_size, c->max_xfer);
+        nvme_shutdown(c);
+        return 2;
+    }
+    uint8_t* bufs = ram_alloc((uint64_t)(c->io.entries - 1) * cfg.bs, NVME_PAGE);
+    if (bufs == NULL) {
+        nvme_shutdown(c);
+        return 1;
+    }
+    printk("nvme-bench: ctrl %u model='%s' blocks=%llu bs=%u tsc_khz=%llu\n", c->index, c->model,
+           (unsigned long long)c->blocks, c->block_size, (unsigned long long)tsc_khz);
+    bool all_ok = true;
+    for (unsigned i = 0; i < cfg.n_qds; i++) {
+        uint32_t qd = cfg.qds[i];
+        if (qd > (uint32_t)c->io.entries - 1) {
+            printk("nvme-bench: qd=%u above what a %u-entry queue holds; using %u\n", qd,
+                   c->io.entries, c->io.entries - 1u);
+            qd = c->io.entries - 1u;
+        }
+        struct run_state r;
+        bool ok = run_one(c, &cfg, qd, bufs, &r);
+        report(c, &cfg, qd, &r, ok);
+        all_ok = all_ok && ok;
+        if (!ok) {
+            break; /* commands may still be in flight: no further runs on this queue */
+        }
+    }
+    nvme_shutdown(c);
+    return all_ok ? 0 : 1;
+}
