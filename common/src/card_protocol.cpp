@@ -12,10 +12,10 @@
 #include <fmt/format.h>
 
 // Returns the error of a Status/Result-producing expression from the enclosing function.
-#define CARD_TRY(expr)                                                      \
-    do {                                                                    \
-        if (auto card_try_r_ = (expr); !card_try_r_)                        \
-            return std::unexpected<Error>(std::move(card_try_r_.error()));  \
+#define CARD_TRY(expr)                                                     \
+    do {                                                                   \
+        if (auto card_try_r_ = (expr); !card_try_r_)                       \
+            return std::unexpected<Error>(std::move(card_try_r_.error())); \
     } while (0)
 
 namespace common::card {
@@ -48,10 +48,9 @@ std::unexpected<Error> bad(int err, fmt::format_string<Args...> f, Args&&... arg
 // so a runaway vector in a body cannot make encode() allocate without bound.
 class Writer {
 public:
-    template <typename T>
-    void put(T v) {
-        static_assert(std::is_trivially_copyable_v<T>);
-        put_bytes(std::as_bytes(std::span<const T, 1>(&v, 1)));
+    template <typename... Ts>
+    void put(const Ts&... vs) {
+        (put_bytes(std::as_bytes(std::span<const Ts, 1>(&vs, 1))), ...);
     }
     void put_bytes(std::span<const std::byte> b) {
         if (overflow_ || b.size() > kMaxMsgSizeHard - out_.size()) {
@@ -68,24 +67,15 @@ private:
     bool overflow_ = false;
 };
 
-// Reads native-endian fields. Callers check the payload size first; reading past the end
-// yields zeros rather than touching memory it does not own.
+// Reads native-endian fields in order. Callers check the payload size first; reading past the
+// end yields zeros rather than touching memory it does not own.
 class Reader {
 public:
     explicit Reader(std::span<const std::byte> b) : b_(b) {}
-    template <typename T>
-    T get() {
-        static_assert(std::is_trivially_copyable_v<T>);
-        T v{};
-        if (b_.size() - pos_ >= sizeof v) {
-            std::memcpy(&v, b_.data() + pos_, sizeof v);
-            pos_ += sizeof v;
-        } else {
-            pos_ = b_.size();
-        }
-        return v;
+    template <typename... Ts>
+    void read(Ts&... vs) {
+        (read_one(vs), ...);
     }
-    GuestAddr addr() { return GuestAddr(get<std::uint64_t>()); }
     std::vector<std::byte> rest() {
         auto r = b_.subspan(pos_);
         pos_ = b_.size();
@@ -93,13 +83,24 @@ public:
     }
 
 private:
+    template <typename T>
+    void read_one(T& v) {
+        static_assert(std::is_trivially_copyable_v<T>);
+        v = T{};
+        if (b_.size() - pos_ < sizeof v) {
+            pos_ = b_.size();
+            return;
+        }
+        std::memcpy(&v, b_.data() + pos_, sizeof v);
+        pos_ += sizeof v;
+    }
     std::span<const std::byte> b_;
     std::size_t pos_ = 0;
 };
 
 std::uint32_t clamp_u32(std::size_t n) {
-    return n > std::numeric_limits<std::uint32_t>::max() ? std::numeric_limits<std::uint32_t>::max()
-                                                         : static_cast<std::uint32_t>(n);
+    return static_cast<std::uint32_t>(
+        std::min<std::size_t>(n, std::numeric_limits<std::uint32_t>::max()));
 }
 
 // What one payload is decoded against.
@@ -110,15 +111,16 @@ struct In {
     bool reply;
 };
 
-Status want_size(const In& in, std::size_t n) {
-    if (in.payload.size() != n)
-        return bad(EINVAL, "payload is {} bytes, expected {}", in.payload.size(), n);
-    return {};
-}
-
 Status want_fds(const In& in, std::size_t n) {
     if (in.fds != n) return bad(EINVAL, "{} fds attached, expected {}", in.fds, n);
     return {};
+}
+
+// Fixed-size payloads: exactly `size` bytes and `fds` fds.
+Status want(const In& in, std::size_t size, std::size_t fds) {
+    if (in.payload.size() != size)
+        return bad(EINVAL, "payload is {} bytes, expected {}", in.payload.size(), size);
+    return want_fds(in, fds);
 }
 
 Status known_bits(std::string_view what, std::uint32_t v, std::uint32_t allowed) {
@@ -148,10 +150,10 @@ Status check_dma_map(const DmaMapRequest& m) {
     if ((m.flags & (kDmaRead | kDmaWrite)) == 0)
         return bad(EINVAL, "DMA_MAP grants neither read nor write");
     CARD_TRY(check_dma_range(m.addr, m.size));
-    std::uint64_t end;
     if (m.offset % kPageSize)
         return bad(EINVAL, "memfd offset {:#x} is not 4 KiB aligned", m.offset);
     // mmap takes a signed off_t.
+    std::uint64_t end;
     if (__builtin_add_overflow(m.offset, m.size, &end) ||
         end > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
         return bad(EINVAL, "memfd range {:#x}+{:#x} overflows", m.offset, m.size);
@@ -171,15 +173,10 @@ Status check_irq_index(std::uint32_t index) {
 // ---- Payload decoders, one per command; `in.reply` selects the direction ----
 
 Result<Body> decode_version(Reader& r, const In& in) {
-    CARD_TRY(want_size(in, kVersionSize));
-    CARD_TRY(want_fds(in, 0));
+    CARD_TRY(want(in, kVersionSize, 0));
     VersionInfo v;
-    v.major = r.get<std::uint16_t>();
-    v.minor = r.get<std::uint16_t>();
-    v.caps.max_msg_size = r.get<std::uint32_t>();
-    v.caps.max_msg_fds = r.get<std::uint32_t>();
-    v.caps.max_data_xfer = r.get<std::uint32_t>();
-    v.caps.max_dma_maps = r.get<std::uint32_t>();
+    r.read(v.major, v.minor, v.caps.max_msg_size, v.caps.max_msg_fds, v.caps.max_data_xfer,
+           v.caps.max_dma_maps);
     CARD_TRY(validate_capabilities(v.caps));
     if (in.reply) return VersionReply{v};
     return VersionRequest{v};
@@ -187,45 +184,37 @@ Result<Body> decode_version(Reader& r, const In& in) {
 
 Result<Body> decode_dma_map(Reader& r, const In& in) {
     if (in.reply) {
-        CARD_TRY(want_size(in, 0));
-        CARD_TRY(want_fds(in, 0));
+        CARD_TRY(want(in, 0, 0));
         return DmaMapReply{};
     }
-    CARD_TRY(want_size(in, kDmaMapSize));
-    CARD_TRY(want_fds(in, 1));
-    // Here argsz is the size of the request itself (vfio-user DMA_MAP).
-    auto argsz = r.get<std::uint32_t>();
-    if (argsz != kDmaMapSize) return bad(EINVAL, "argsz {} is not {}", argsz, kDmaMapSize);
+    CARD_TRY(want(in, kDmaMapSize, 1));
+    std::uint32_t argsz;
     DmaMapRequest m;
-    m.flags = r.get<std::uint32_t>();
-    m.offset = r.get<std::uint64_t>();
-    m.addr = r.addr();
-    m.size = r.get<std::uint64_t>();
+    r.read(argsz, m.flags, m.offset, m.addr, m.size);
+    // Here argsz is the size of the request itself (vfio-user DMA_MAP).
+    if (argsz != kDmaMapSize) return bad(EINVAL, "argsz {} is not {}", argsz, kDmaMapSize);
     CARD_TRY(check_dma_map(m));
     return m;
 }
 
 Result<Body> decode_dma_unmap(Reader& r, const In& in) {
-    CARD_TRY(want_size(in, kDmaUnmapSize));
-    CARD_TRY(want_fds(in, 0));
-    CARD_TRY(check_argsz(in, r.get<std::uint32_t>(), kDmaUnmapSize));
-    auto flags = r.get<std::uint32_t>();
+    CARD_TRY(want(in, kDmaUnmapSize, 0));
+    std::uint32_t argsz, flags;
+    DmaUnmapReply u;
+    r.read(argsz, flags, u.addr, u.size);
+    CARD_TRY(check_argsz(in, argsz, kDmaUnmapSize));
     if (flags != 0) return bad(EINVAL, "flags {:#x} must be 0", flags);
-    GuestAddr addr = r.addr();
-    auto size = r.get<std::uint64_t>();
-    CARD_TRY(check_dma_range(addr, size));
-    if (in.reply) return DmaUnmapReply{addr, size};
-    return DmaUnmapRequest{addr, size};
+    CARD_TRY(check_dma_range(u.addr, u.size));
+    if (in.reply) return u;
+    return DmaUnmapRequest{u.addr, u.size};
 }
 
 Result<Body> decode_device_info(Reader& r, const In& in) {
-    CARD_TRY(want_size(in, kDeviceInfoSize));
-    CARD_TRY(want_fds(in, 0));
-    CARD_TRY(check_argsz(in, r.get<std::uint32_t>(), kDeviceInfoSize));
+    CARD_TRY(want(in, kDeviceInfoSize, 0));
+    std::uint32_t argsz;
     DeviceGetInfoReply d;
-    d.flags = r.get<std::uint32_t>();
-    d.num_regions = r.get<std::uint32_t>();
-    d.num_irqs = r.get<std::uint32_t>();
+    r.read(argsz, d.flags, d.num_regions, d.num_irqs);
+    CARD_TRY(check_argsz(in, argsz, kDeviceInfoSize));
     if (!in.reply) {
         if (d.flags || d.num_regions || d.num_irqs)
             return bad(EINVAL, "request fields must be zero");
@@ -240,35 +229,32 @@ Result<Body> decode_device_info(Reader& r, const In& in) {
 }
 
 Result<Body> decode_region_info(Reader& r, const In& in) {
-    CARD_TRY(want_size(in, kRegionInfoSize));
-    CARD_TRY(check_argsz(in, r.get<std::uint32_t>(), kRegionInfoSize));
+    const bool mmap = in.reply && in.fds == 1;  // checked against the flag below
+    CARD_TRY(want(in, kRegionInfoSize, mmap ? 1 : 0));
+    std::uint32_t argsz, cap_offset;
     RegionInfoReply ri;
-    ri.flags = r.get<std::uint32_t>();
-    ri.index = r.get<std::uint32_t>();
-    auto cap_offset = r.get<std::uint32_t>();
-    ri.size = r.get<std::uint64_t>();
-    ri.offset = r.get<std::uint64_t>();
+    r.read(argsz, ri.flags, ri.index, cap_offset, ri.size, ri.offset);
+    CARD_TRY(check_argsz(in, argsz, kRegionInfoSize));
     CARD_TRY(check_region_index(ri.index));
     if (!in.reply) {
-        CARD_TRY(want_fds(in, 0));
         if (ri.flags || cap_offset || ri.size || ri.offset)
             return bad(EINVAL, "request fields other than index must be zero");
         return RegionInfoRequest{ri.index};
     }
-    if (ri.flags & kRegionFlagCaps) return bad(ENOTSUP, "region capability chains are not supported");
-    CARD_TRY(known_bits("region flags", ri.flags, kRegionFlagRead | kRegionFlagWrite | kRegionFlagMmap));
+    if (ri.flags & kRegionFlagCaps)
+        return bad(ENOTSUP, "region capability chains are not supported");
+    CARD_TRY(
+        known_bits("region flags", ri.flags, kRegionFlagRead | kRegionFlagWrite | kRegionFlagMmap));
     if (cap_offset != 0) return bad(EINVAL, "cap_offset {:#x} without the CAPS flag", cap_offset);
     std::uint64_t end;
     if (__builtin_add_overflow(ri.offset, ri.size, &end))
         return bad(EINVAL, "region {:#x}+{:#x} overflows", ri.offset, ri.size);
-    if (ri.flags & kRegionFlagMmap) {
-        CARD_TRY(want_fds(in, 1));
-        if (ri.size == 0 || ri.size % kPageSize || ri.offset % kPageSize)
-            return bad(EINVAL, "mappable region {:#x}+{:#x} is empty or not 4 KiB aligned",
-                       ri.offset, ri.size);
-    } else {
-        CARD_TRY(want_fds(in, 0));
-    }
+    // With MMAP the reply carries the fd to map; without, none.
+    if (mmap != ((ri.flags & kRegionFlagMmap) != 0))
+        return bad(EINVAL, "region flags {:#x} with {} fds attached", ri.flags, in.fds);
+    if (mmap && (ri.size == 0 || ri.size % kPageSize || ri.offset % kPageSize))
+        return bad(EINVAL, "mappable region {:#x}+{:#x} is empty or not 4 KiB aligned", ri.offset,
+                   ri.size);
     return ri;
 }
 
@@ -296,33 +282,26 @@ Status check_io_fd_entry(const IoFdEntry& e, std::uint32_t type, std::uint32_t p
 
 Result<Body> decode_region_io_fds(Reader& r, const In& in) {
     if (in.payload.size() < kIoFdsHeadSize)
-        return bad(EINVAL, "payload is {} bytes, shorter than {}", in.payload.size(), kIoFdsHeadSize);
-    auto argsz = r.get<std::uint32_t>();
-    auto flags = r.get<std::uint32_t>();
-    auto index = r.get<std::uint32_t>();
-    auto count = r.get<std::uint32_t>();
+        return bad(EINVAL, "payload is {} bytes, shorter than {}", in.payload.size(),
+                   kIoFdsHeadSize);
+    std::uint32_t argsz, flags, index, count;
+    r.read(argsz, flags, index, count);
     if (flags != 0) return bad(EINVAL, "flags {:#x} must be 0", flags);
     CARD_TRY(check_region_index(index));
-    std::uint64_t want = kIoFdsHeadSize + std::uint64_t{count} * kIoFdEntrySize;
-    if (in.payload.size() != want)
-        return bad(EINVAL, "{} sub-regions need {} bytes, payload is {}", count, want, in.payload.size());
-    CARD_TRY(check_argsz(in, argsz, in.reply ? want : kIoFdsHeadSize));
-    std::vector<IoFdEntry> entries;
-    entries.reserve(count);
+    const std::uint64_t size = kIoFdsHeadSize + std::uint64_t{count} * kIoFdEntrySize;
+    if (in.payload.size() != size)
+        return bad(EINVAL, "{} sub-regions need {} bytes, payload is {}", count, size,
+                   in.payload.size());
+    CARD_TRY(check_argsz(in, argsz, in.reply ? size : kIoFdsHeadSize));
+    std::vector<IoFdEntry> entries(count);
     std::vector<bool> used(in.fds, false);
     for (std::uint32_t i = 0; i < count; ++i) {
-        IoFdEntry e;
-        e.offset = r.get<std::uint64_t>();
-        e.size = r.get<std::uint64_t>();
-        e.fd_index = r.get<std::uint32_t>();
-        auto type = r.get<std::uint32_t>();
-        e.flags = r.get<std::uint32_t>();
-        auto padding = r.get<std::uint32_t>();
-        e.datamatch = r.get<std::uint64_t>();
+        IoFdEntry& e = entries[i];
+        std::uint32_t type, padding;
+        r.read(e.offset, e.size, e.fd_index, type, e.flags, padding, e.datamatch);
         if (auto s = check_io_fd_entry(e, type, padding, in.fds); !s)
             return fail(std::move(s.error()).context(fmt::format("sub-region {}", i)));
         used[e.fd_index] = true;
-        entries.push_back(e);
     }
     for (std::size_t i = 0; i < used.size(); ++i)
         if (!used[i]) return bad(EINVAL, "fd {} is not used by any sub-region", i);
@@ -331,20 +310,20 @@ Result<Body> decode_region_io_fds(Reader& r, const In& in) {
 }
 
 Result<Body> decode_irq_info(Reader& r, const In& in) {
-    CARD_TRY(want_size(in, kIrqInfoSize));
-    CARD_TRY(want_fds(in, 0));
-    CARD_TRY(check_argsz(in, r.get<std::uint32_t>(), kIrqInfoSize));
+    CARD_TRY(want(in, kIrqInfoSize, 0));
+    std::uint32_t argsz;
     IrqInfoReply ii;
-    ii.flags = r.get<std::uint32_t>();
-    ii.index = r.get<std::uint32_t>();
-    ii.count = r.get<std::uint32_t>();
+    r.read(argsz, ii.flags, ii.index, ii.count);
+    CARD_TRY(check_argsz(in, argsz, kIrqInfoSize));
     CARD_TRY(check_irq_index(ii.index));
     if (!in.reply) {
-        if (ii.flags || ii.count) return bad(EINVAL, "request fields other than index must be zero");
+        if (ii.flags || ii.count)
+            return bad(EINVAL, "request fields other than index must be zero");
         return IrqInfoRequest{ii.index};
     }
-    CARD_TRY(known_bits("IRQ info flags", ii.flags,
-                        kIrqInfoEventfd | kIrqInfoMaskable | kIrqInfoAutomasked | kIrqInfoNoresize));
+    CARD_TRY(
+        known_bits("IRQ info flags", ii.flags,
+                   kIrqInfoEventfd | kIrqInfoMaskable | kIrqInfoAutomasked | kIrqInfoNoresize));
     if (ii.count > kMaxIrqsPerIndex)
         return bad(EINVAL, "{} interrupts exceed the limit of {}", ii.count, kMaxIrqsPerIndex);
     return ii;
@@ -352,19 +331,16 @@ Result<Body> decode_irq_info(Reader& r, const In& in) {
 
 Result<Body> decode_set_irqs(Reader& r, const In& in) {
     if (in.reply) {
-        CARD_TRY(want_size(in, 0));
-        CARD_TRY(want_fds(in, 0));
+        CARD_TRY(want(in, 0, 0));
         return SetIrqsReply{};
     }
-    CARD_TRY(want_size(in, kSetIrqsSize));
-    // Here argsz is the size of the request itself (vfio-user DEVICE_SET_IRQS).
-    auto argsz = r.get<std::uint32_t>();
-    if (argsz != kSetIrqsSize) return bad(EINVAL, "argsz {} is not {}", argsz, kSetIrqsSize);
+    if (in.payload.size() != kSetIrqsSize)
+        return bad(EINVAL, "payload is {} bytes, expected {}", in.payload.size(), kSetIrqsSize);
+    std::uint32_t argsz;
     SetIrqsRequest s;
-    s.flags = r.get<std::uint32_t>();
-    s.index = r.get<std::uint32_t>();
-    s.start = r.get<std::uint32_t>();
-    s.count = r.get<std::uint32_t>();
+    r.read(argsz, s.flags, s.index, s.start, s.count);
+    // Here argsz is the size of the request itself (vfio-user DEVICE_SET_IRQS).
+    if (argsz != kSetIrqsSize) return bad(EINVAL, "argsz {} is not {}", argsz, kSetIrqsSize);
     CARD_TRY(known_bits("SET_IRQS flags", s.flags, kIrqSetDataMask | kIrqSetActionMaskAll));
     const std::uint32_t data = s.flags & kIrqSetDataMask;
     if (data == kIrqSetDataBool) return bad(ENOTSUP, "DATA_BOOL is not supported");
@@ -374,7 +350,8 @@ Result<Body> decode_set_irqs(Reader& r, const In& in) {
         return bad(EINVAL, "flags {:#x} need exactly one ACTION_ bit", s.flags);
     CARD_TRY(check_irq_index(s.index));
     if (std::uint64_t{s.start} + s.count > kMaxIrqsPerIndex)
-        return bad(EINVAL, "interrupts {}+{} exceed the limit of {}", s.start, s.count, kMaxIrqsPerIndex);
+        return bad(EINVAL, "interrupts {}+{} exceed the limit of {}", s.start, s.count,
+                   kMaxIrqsPerIndex);
     if (data == kIrqSetDataNone) {
         CARD_TRY(want_fds(in, 0));
         if (s.count == 0 && s.start != 0) return bad(EINVAL, "count 0 with start {}", s.start);
@@ -390,11 +367,11 @@ Result<Body> decode_set_irqs(Reader& r, const In& in) {
 // REGION_READ / REGION_WRITE: offset u64, region u32, count u32, then data in one direction.
 Result<Body> decode_region_access(Reader& r, const In& in, bool write) {
     if (in.payload.size() < kRegionAccessSize)
-        return bad(EINVAL, "payload is {} bytes, shorter than {}", in.payload.size(), kRegionAccessSize);
-    CARD_TRY(want_fds(in, 0));
-    auto offset = r.get<std::uint64_t>();
-    auto region = r.get<std::uint32_t>();
-    auto count = r.get<std::uint32_t>();
+        return bad(EINVAL, "payload is {} bytes, shorter than {}", in.payload.size(),
+                   kRegionAccessSize);
+    std::uint64_t offset;
+    std::uint32_t region, count;
+    r.read(offset, region, count);
     CARD_TRY(check_region_index(region));
     if (count == 0 || count > in.limits.max_data_xfer)
         return bad(EINVAL, "count {} is not in [1, {}]", count, in.limits.max_data_xfer);
@@ -402,168 +379,152 @@ Result<Body> decode_region_access(Reader& r, const In& in, bool write) {
     if (__builtin_add_overflow(offset, std::uint64_t{count}, &end))
         return bad(EINVAL, "access {:#x}+{} overflows", offset, count);
     const bool has_data = write != in.reply;  // write requests and read replies carry data
-    CARD_TRY(want_size(in, kRegionAccessSize + (has_data ? count : 0)));
+    CARD_TRY(want(in, kRegionAccessSize + (has_data ? count : 0), 0));
     if (write && in.reply) return RegionWriteReply{region, offset, count};
     if (write) return RegionWriteRequest{region, offset, r.rest()};
     if (in.reply) return RegionReadReply{region, offset, r.rest()};
     return RegionReadRequest{region, offset, count};
 }
 
-Result<Body> decode_reset(const In& in) {
-    CARD_TRY(want_size(in, 0));
-    CARD_TRY(want_fds(in, 0));
-    if (in.reply) return DeviceResetReply{};
-    return DeviceResetRequest{};
+bool is_known(std::uint16_t c) {
+    return command_name(static_cast<Command>(c)) != "UNKNOWN";
 }
-
-bool is_known(std::uint16_t c) { return command_name(static_cast<Command>(c)) != "UNKNOWN"; }
 
 Result<Body> decode_body(Command c, const In& in) {
     Reader r(in.payload);
     switch (c) {
-        case Command::Version: return decode_version(r, in);
-        case Command::DmaMap: return decode_dma_map(r, in);
-        case Command::DmaUnmap: return decode_dma_unmap(r, in);
-        case Command::DeviceGetInfo: return decode_device_info(r, in);
-        case Command::DeviceGetRegionInfo: return decode_region_info(r, in);
-        case Command::DeviceGetRegionIoFds: return decode_region_io_fds(r, in);
-        case Command::DeviceGetIrqInfo: return decode_irq_info(r, in);
-        case Command::DeviceSetIrqs: return decode_set_irqs(r, in);
-        case Command::RegionRead: return decode_region_access(r, in, false);
-        case Command::RegionWrite: return decode_region_access(r, in, true);
-        case Command::DeviceReset: return decode_reset(in);
+        case Command::Version:
+            return decode_version(r, in);
+        case Command::DmaMap:
+            return decode_dma_map(r, in);
+        case Command::DmaUnmap:
+            return decode_dma_unmap(r, in);
+        case Command::DeviceGetInfo:
+            return decode_device_info(r, in);
+        case Command::DeviceGetRegionInfo:
+            return decode_region_info(r, in);
+        case Command::DeviceGetRegionIoFds:
+            return decode_region_io_fds(r, in);
+        case Command::DeviceGetIrqInfo:
+            return decode_irq_info(r, in);
+        case Command::DeviceSetIrqs:
+            return decode_set_irqs(r, in);
+        case Command::RegionRead:
+            return decode_region_access(r, in, false);
+        case Command::RegionWrite:
+            return decode_region_access(r, in, true);
+        case Command::DeviceReset:
+            CARD_TRY(want(in, 0, 0));
+            if (in.reply) return DeviceResetReply{};
+            return DeviceResetRequest{};
     }
     return bad(ENOSYS, "unknown command {}", static_cast<unsigned>(c));
 }
 
-// ---- Payload encoders ----
-
-void put_version(Writer& w, const VersionInfo& v) {
-    w.put(v.major);
-    w.put(v.minor);
-    w.put(v.caps.max_msg_size);
-    w.put(v.caps.max_msg_fds);
-    w.put(v.caps.max_data_xfer);
-    w.put(v.caps.max_dma_maps);
-}
-
-void put_io_fds(Writer& w, std::uint32_t argsz, std::uint32_t index, const std::vector<IoFdEntry>& es) {
-    w.put(argsz);
-    w.put(std::uint32_t{0});
-    w.put(index);
-    w.put(clamp_u32(es.size()));
-    for (const auto& e : es) {
-        w.put(e.offset);
-        w.put(e.size);
-        w.put(e.fd_index);
-        w.put(kIoFdTypeIoeventfd);
-        w.put(e.flags);
-        w.put(std::uint32_t{0});
-        w.put(e.datamatch);
-        if (w.overflow()) return;
-    }
-}
-
-void put_access(Writer& w, std::uint32_t region, std::uint64_t offset, std::uint32_t count) {
-    w.put(offset);
-    w.put(region);
-    w.put(count);
-}
+// ---- Payload encoders: the layouts the decoders above read ----
 
 struct PayloadWriter {
     Writer& w;
     const Capabilities& limits;
 
-    void operator()(const VersionRequest& m) { put_version(w, m.info); }
-    void operator()(const VersionReply& m) { put_version(w, m.info); }
+    static constexpr auto u32(std::size_t n) { return static_cast<std::uint32_t>(n); }
+    static constexpr std::uint32_t kZero = 0;
+
+    void version(const VersionInfo& v) {
+        w.put(v.major, v.minor, v.caps.max_msg_size, v.caps.max_msg_fds, v.caps.max_data_xfer,
+              v.caps.max_dma_maps);
+    }
+    void io_fds(std::uint32_t argsz, std::uint32_t index, const std::vector<IoFdEntry>& es) {
+        w.put(argsz, kZero, index, clamp_u32(es.size()));
+        for (const auto& e : es) {
+            w.put(e.offset, e.size, e.fd_index, kIoFdTypeIoeventfd, e.flags, kZero, e.datamatch);
+            if (w.overflow()) return;
+        }
+    }
+    void access(std::uint32_t region, std::uint64_t offset, std::uint32_t count) {
+        w.put(offset, region, count);
+    }
+
+    void operator()(const VersionRequest& m) { version(m.info); }
+    void operator()(const VersionReply& m) { version(m.info); }
     void operator()(const DmaMapRequest& m) {
-        w.put(static_cast<std::uint32_t>(kDmaMapSize));
-        w.put(m.flags);
-        w.put(m.offset);
-        w.put(m.addr.value());
-        w.put(m.size);
+        w.put(u32(kDmaMapSize), m.flags, m.offset, m.addr, m.size);
     }
-    void operator()(const DmaMapReply&) {}
-    void operator()(const DmaUnmapRequest& m) { unmap(m.addr, m.size); }
-    void operator()(const DmaUnmapReply& m) { unmap(m.addr, m.size); }
-    void operator()(const DeviceGetInfoRequest&) { words(kDeviceInfoSize, 0, 0, 0); }
+    void operator()(const DmaUnmapRequest& m) { w.put(u32(kDmaUnmapSize), kZero, m.addr, m.size); }
+    void operator()(const DmaUnmapReply& m) { w.put(u32(kDmaUnmapSize), kZero, m.addr, m.size); }
+    void operator()(const DeviceGetInfoRequest&) {
+        w.put(u32(kDeviceInfoSize), kZero, kZero, kZero);
+    }
     void operator()(const DeviceGetInfoReply& m) {
-        words(kDeviceInfoSize, m.flags, m.num_regions, m.num_irqs);
+        w.put(u32(kDeviceInfoSize), m.flags, m.num_regions, m.num_irqs);
     }
-    void operator()(const RegionInfoRequest& m) { region_info(m.index, 0, 0, 0); }
-    void operator()(const RegionInfoReply& m) { region_info(m.index, m.flags, m.size, m.offset); }
+    void operator()(const RegionInfoRequest& m) {
+        w.put(u32(kRegionInfoSize), kZero, m.index, kZero, std::uint64_t{0}, std::uint64_t{0});
+    }
+    void operator()(const RegionInfoReply& m) {
+        w.put(u32(kRegionInfoSize), m.flags, m.index, kZero, m.size, m.offset);
+    }
     void operator()(const RegionIoFdsRequest& m) {
         // Offer the largest reply a message may hold.
-        put_io_fds(w, limits.max_msg_size - static_cast<std::uint32_t>(kHeaderSize), m.index, m.entries);
+        io_fds(limits.max_msg_size - u32(kHeaderSize), m.index, m.entries);
     }
     void operator()(const RegionIoFdsReply& m) {
-        put_io_fds(w, clamp_u32(kIoFdsHeadSize + m.entries.size() * kIoFdEntrySize), m.index, m.entries);
+        io_fds(clamp_u32(kIoFdsHeadSize + m.entries.size() * kIoFdEntrySize), m.index, m.entries);
     }
-    void operator()(const IrqInfoRequest& m) { words(kIrqInfoSize, 0, m.index, 0); }
-    void operator()(const IrqInfoReply& m) { words(kIrqInfoSize, m.flags, m.index, m.count); }
+    void operator()(const IrqInfoRequest& m) { w.put(u32(kIrqInfoSize), kZero, m.index, kZero); }
+    void operator()(const IrqInfoReply& m) { w.put(u32(kIrqInfoSize), m.flags, m.index, m.count); }
     void operator()(const SetIrqsRequest& m) {
-        words(kSetIrqsSize, m.flags, m.index, m.start);
-        w.put(m.count);
+        w.put(u32(kSetIrqsSize), m.flags, m.index, m.start, m.count);
     }
-    void operator()(const SetIrqsReply&) {}
-    void operator()(const RegionReadRequest& m) { put_access(w, m.region, m.offset, m.count); }
+    void operator()(const RegionReadRequest& m) { access(m.region, m.offset, m.count); }
     void operator()(const RegionReadReply& m) {
-        put_access(w, m.region, m.offset, clamp_u32(m.data.size()));
+        access(m.region, m.offset, clamp_u32(m.data.size()));
         w.put_bytes(m.data);
     }
     void operator()(const RegionWriteRequest& m) {
-        put_access(w, m.region, m.offset, clamp_u32(m.data.size()));
+        access(m.region, m.offset, clamp_u32(m.data.size()));
         w.put_bytes(m.data);
     }
-    void operator()(const RegionWriteReply& m) { put_access(w, m.region, m.offset, m.count); }
+    void operator()(const RegionWriteReply& m) { access(m.region, m.offset, m.count); }
+    // Bodies without payload.
+    void operator()(const DmaMapReply&) {}
+    void operator()(const SetIrqsReply&) {}
     void operator()(const DeviceResetRequest&) {}
     void operator()(const DeviceResetReply&) {}
     void operator()(const ErrorReply&) {}
-
-    void unmap(GuestAddr addr, std::uint64_t size) {
-        w.put(static_cast<std::uint32_t>(kDmaUnmapSize));
-        w.put(std::uint32_t{0});
-        w.put(addr.value());
-        w.put(size);
-    }
-    void words(std::size_t argsz, std::uint32_t a, std::uint32_t b, std::uint32_t c) {
-        w.put(static_cast<std::uint32_t>(argsz));
-        w.put(a);
-        w.put(b);
-        w.put(c);
-    }
-    void region_info(std::uint32_t index, std::uint32_t flags, std::uint64_t size, std::uint64_t offset) {
-        words(kRegionInfoSize, flags, index, 0);
-        w.put(size);
-        w.put(offset);
-    }
 };
 
 }  // namespace
 
 std::string_view command_name(Command c) {
-    switch (c) {
-        case Command::Version: return "VERSION";
-        case Command::DmaMap: return "DMA_MAP";
-        case Command::DmaUnmap: return "DMA_UNMAP";
-        case Command::DeviceGetInfo: return "DEVICE_GET_INFO";
-        case Command::DeviceGetRegionInfo: return "DEVICE_GET_REGION_INFO";
-        case Command::DeviceGetRegionIoFds: return "DEVICE_GET_REGION_IO_FDS";
-        case Command::DeviceGetIrqInfo: return "DEVICE_GET_IRQ_INFO";
-        case Command::DeviceSetIrqs: return "DEVICE_SET_IRQS";
-        case Command::RegionRead: return "REGION_READ";
-        case Command::RegionWrite: return "REGION_WRITE";
-        case Command::DeviceReset: return "DEVICE_RESET";
-    }
-    return "UNKNOWN";
+    // Indexed by command number; gaps are commands this protocol does not use.
+    static constexpr std::string_view kNames[] = {"",
+                                                  "VERSION",
+                                                  "DMA_MAP",
+                                                  "DMA_UNMAP",
+                                                  "DEVICE_GET_INFO",
+                                                  "DEVICE_GET_REGION_INFO",
+                                                  "DEVICE_GET_REGION_IO_FDS",
+                                                  "DEVICE_GET_IRQ_INFO",
+                                                  "DEVICE_SET_IRQS",
+                                                  "REGION_READ",
+                                                  "REGION_WRITE",
+                                                  "",
+                                                  "",
+                                                  "DEVICE_RESET"};
+    const auto i = static_cast<std::size_t>(c);
+    if (i >= std::size(kNames) || kNames[i].empty()) return "UNKNOWN";
+    return kNames[i];
 }
 
 Command Message::command() const {
     return std::visit(
         [](const auto& b) {
             using T = std::decay_t<decltype(b)>;
-            if constexpr (std::is_same_v<T, ErrorReply>) return b.command;
-            else return T::kCommand;
+            if constexpr (std::is_same_v<T, ErrorReply>)
+                return b.command;
+            else
+                return T::kCommand;
         },
         body);
 }
@@ -572,8 +533,10 @@ bool Message::is_reply() const {
     return std::visit(
         [](const auto& b) {
             using T = std::decay_t<decltype(b)>;
-            if constexpr (std::is_same_v<T, ErrorReply>) return true;
-            else return T::kReply;
+            if constexpr (std::is_same_v<T, ErrorReply>)
+                return true;
+            else
+                return T::kReply;
         },
         body);
 }
@@ -582,13 +545,8 @@ Result<Header> parse_header(std::span<const std::byte> bytes) {
     if (bytes.size() < kHeaderSize)
         return bad(EINVAL, "message of {} bytes is shorter than the {}-byte header", bytes.size(),
                    kHeaderSize);
-    Reader r(bytes);
     Header h;
-    h.id = r.get<std::uint16_t>();
-    h.command = r.get<std::uint16_t>();
-    h.size = r.get<std::uint32_t>();
-    h.flags = r.get<std::uint32_t>();
-    h.error = r.get<std::uint32_t>();
+    Reader(bytes).read(h.id, h.command, h.size, h.flags, h.error);
     return h;
 }
 
@@ -598,21 +556,25 @@ Status validate_capabilities(const Capabilities& c) {
                    kMaxDataXfer);
     if (c.max_msg_fds < 1 || c.max_msg_fds > kMaxFdsHard)
         return bad(EINVAL, "max_msg_fds {} is not in [1, {}]", c.max_msg_fds, kMaxFdsHard);
-    const std::uint32_t min_msg = static_cast<std::uint32_t>(kHeaderSize + kRegionAccessSize) + c.max_data_xfer;
+    const std::uint32_t min_msg =
+        static_cast<std::uint32_t>(kHeaderSize + kRegionAccessSize) + c.max_data_xfer;
     if (c.max_msg_size < min_msg || c.max_msg_size > kMaxMsgSizeHard)
-        return bad(EINVAL, "max_msg_size {} is not in [{}, {}]", c.max_msg_size, min_msg, kMaxMsgSizeHard);
+        return bad(EINVAL, "max_msg_size {} is not in [{}, {}]", c.max_msg_size, min_msg,
+                   kMaxMsgSizeHard);
     if (c.max_dma_maps < 1 || c.max_dma_maps > kMaxDmaMapsHard)
         return bad(EINVAL, "max_dma_maps {} is not in [1, {}]", c.max_dma_maps, kMaxDmaMapsHard);
     return {};
 }
 
-Result<Message> decode(std::span<const std::byte> bytes, std::size_t fd_count, const Capabilities& limits) {
+Result<Message> decode(std::span<const std::byte> bytes, std::size_t fd_count,
+                       const Capabilities& limits) {
     auto h = parse_header(bytes);
     if (!h) return fail(std::move(h.error()));
     if (h->size != bytes.size())
         return bad(EINVAL, "header says {} bytes, message has {}", h->size, bytes.size());
     if (bytes.size() > limits.max_msg_size)
-        return bad(EMSGSIZE, "message of {} bytes exceeds the limit of {}", bytes.size(), limits.max_msg_size);
+        return bad(EMSGSIZE, "message of {} bytes exceeds the limit of {}", bytes.size(),
+                   limits.max_msg_size);
     if (fd_count > limits.max_msg_fds)
         return bad(EINVAL, "{} fds exceed the limit of {}", fd_count, limits.max_msg_fds);
     if (h->flags & ~(kFlagTypeMask | kFlagNoReply | kFlagError))
@@ -642,13 +604,15 @@ Result<Message> decode(std::span<const std::byte> bytes, std::size_t fd_count, c
     if (!is_known(h->command)) return bad(ENOSYS, "unknown command {}", h->command);
     auto body = decode_body(cmd, In{bytes.subspan(kHeaderSize), fd_count, limits, reply});
     if (!body)
-        return fail(std::move(body.error())
-                        .context(fmt::format("{} {}", command_name(cmd), reply ? "reply" : "command")));
+        return fail(
+            std::move(body.error())
+                .context(fmt::format("{} {}", command_name(cmd), reply ? "reply" : "command")));
     m.body = std::move(*body);
     return m;
 }
 
-Result<std::vector<std::byte>> encode(const Message& msg, std::size_t fd_count, const Capabilities& limits) {
+Result<std::vector<std::byte>> encode(const Message& msg, std::size_t fd_count,
+                                      const Capabilities& limits) {
     const bool reply = msg.is_reply();
     std::uint32_t flags = reply ? kFlagTypeReply : kFlagTypeCommand;
     std::uint32_t error = 0;
@@ -658,14 +622,12 @@ Result<std::vector<std::byte>> encode(const Message& msg, std::size_t fd_count, 
         error = e->error;
     }
     Writer w;
-    w.put(msg.id);
-    w.put(static_cast<std::uint16_t>(msg.command()));
-    w.put(std::uint32_t{0});  // size, patched below
-    w.put(flags);
-    w.put(error);
+    const std::uint32_t size_placeholder = 0;
+    w.put(msg.id, static_cast<std::uint16_t>(msg.command()), size_placeholder, flags, error);
     std::visit(PayloadWriter{w, limits}, msg.body);
     if (w.overflow())
-        return bad(EMSGSIZE, "{} message exceeds {} bytes", command_name(msg.command()), kMaxMsgSizeHard);
+        return bad(EMSGSIZE, "{} message exceeds {} bytes", command_name(msg.command()),
+                   kMaxMsgSizeHard);
     auto& out = w.bytes();
     const auto size = static_cast<std::uint32_t>(out.size());
     std::memcpy(out.data() + 4, &size, sizeof size);
@@ -683,7 +645,9 @@ Message error_reply(const Message& request, int errno_value) {
     return Message{request.id, false, ErrorReply{request.command(), e}};
 }
 
-Message error_reply(const Message& request, const Error& e) { return error_reply(request, e.errno_value); }
+Message error_reply(const Message& request, const Error& e) {
+    return error_reply(request, e.errno_value);
+}
 
 Message error_reply(const Header& request, int errno_value) {
     const auto e = static_cast<std::uint32_t>(errno_value > 0 ? errno_value : EINVAL);
@@ -692,8 +656,8 @@ Message error_reply(const Header& request, int errno_value) {
 
 Result<VersionInfo> negotiate(const VersionInfo& ours, const VersionInfo& theirs) {
     if (ours.major != theirs.major)
-        return bad(ENOTSUP, "peer speaks protocol {}.{}, this side {}.{}", theirs.major, theirs.minor,
-                   ours.major, ours.minor);
+        return bad(ENOTSUP, "peer speaks protocol {}.{}, this side {}.{}", theirs.major,
+                   theirs.minor, ours.major, ours.minor);
     CARD_TRY(validate_capabilities(ours.caps));
     CARD_TRY(validate_capabilities(theirs.caps));
     VersionInfo v;
@@ -722,7 +686,8 @@ Status DmaMapTable::map(const DmaMapRequest& req) {
     if (hit)
         return bad(EEXIST, "DMA range {:#x}+{:#x} overlaps the mapping {:#x}+{:#x}", a, req.size,
                    hit->addr.value(), hit->size);
-    if (maps_.size() >= max_maps_) return bad(ENOSPC, "the table already holds {} DMA mappings", max_maps_);
+    if (maps_.size() >= max_maps_)
+        return bad(ENOSPC, "the table already holds {} DMA mappings", max_maps_);
     maps_.emplace(a, DmaMapping{req.addr, req.size, req.offset, req.flags});
     return {};
 }

@@ -17,11 +17,13 @@ namespace common::card {
 namespace {
 
 Error timed_out(std::string_view what, int timeout_ms) {
-    return Error{ErrorKind::System, fmt::format("{}: timed out after {} ms", what, timeout_ms), ETIMEDOUT};
+    return Error{ErrorKind::System, fmt::format("{}: timed out after {} ms", what, timeout_ms),
+                 ETIMEDOUT};
 }
 
 Error peer_closed(std::string_view what) {
-    return Error{ErrorKind::System, fmt::format("{}: peer closed the connection", what), ECONNRESET};
+    return Error{ErrorKind::System, fmt::format("{}: peer closed the connection", what),
+                 ECONNRESET};
 }
 
 // Waits until fd is readable (or hung up, which recv/accept then report). timeout_ms < 0: forever.
@@ -33,7 +35,8 @@ Status wait_readable(int fd, int timeout_ms, std::string_view what) {
     while (r < 0 && errno == EINTR);
     if (r < 0) return fail(Error::from_errno(fmt::format("{}: poll", what)));
     if (r == 0) return fail(timed_out(what, timeout_ms));
-    if (p.revents & POLLNVAL) return fail(Error{ErrorKind::System, fmt::format("{}: bad fd", what), EBADF});
+    if (p.revents & POLLNVAL)
+        return fail(Error{ErrorKind::System, fmt::format("{}: bad fd", what), EBADF});
     return {};
 }
 
@@ -72,7 +75,9 @@ UnixSocket& UnixSocket::operator=(UnixSocket&& o) noexcept {
     return *this;
 }
 
-UnixSocket::~UnixSocket() { close(); }
+UnixSocket::~UnixSocket() {
+    close();
+}
 
 void UnixSocket::close() noexcept {
     fd_.reset();
@@ -86,7 +91,8 @@ Result<std::pair<UnixSocket, UnixSocket>> UnixSocket::pair() {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
         return fail(Error::from_errno("socketpair(AF_UNIX, SOCK_SEQPACKET)"));
-    return std::pair<UnixSocket, UnixSocket>(UnixSocket(UniqueFd(sv[0])), UnixSocket(UniqueFd(sv[1])));
+    return std::pair<UnixSocket, UnixSocket>(UnixSocket(UniqueFd(sv[0])),
+                                             UnixSocket(UniqueFd(sv[1])));
 }
 
 Result<UnixSocket> UnixSocket::listen(const std::string& path, int backlog) {
@@ -129,7 +135,8 @@ Status UnixSocket::send(std::span<const std::byte> bytes, std::span<const int> f
     // The receiver reads a zero-length message as end of stream, so none is ever sent.
     if (bytes.empty()) return fail(Error::invalid("refusing to send an empty message"));
     if (fds.size() > kMaxFdsHard)
-        return fail(Error::invalid(fmt::format("{} fds exceed the kernel limit of {}", fds.size(), kMaxFdsHard)));
+        return fail(Error::invalid(
+            fmt::format("{} fds exceed the kernel limit of {}", fds.size(), kMaxFdsHard)));
     iovec iov{const_cast<std::byte*>(bytes.data()), bytes.size()};
     msghdr mh{};
     mh.msg_iov = &iov;
@@ -149,14 +156,17 @@ Status UnixSocket::send(std::span<const std::byte> bytes, std::span<const int> f
     while (n < 0 && errno == EINTR);
     if (n < 0) {
         if (errno == EPIPE || errno == ECONNRESET) return fail(peer_closed("sendmsg"));
-        return fail(Error::from_errno(fmt::format("sendmsg of {} bytes with {} fds", bytes.size(), fds.size())));
+        return fail(Error::from_errno(
+            fmt::format("sendmsg of {} bytes with {} fds", bytes.size(), fds.size())));
     }
     if (static_cast<std::size_t>(n) != bytes.size())
-        return fail(Error{ErrorKind::System, fmt::format("sendmsg sent {} of {} bytes", n, bytes.size()), EIO});
+        return fail(Error{ErrorKind::System,
+                          fmt::format("sendmsg sent {} of {} bytes", n, bytes.size()), EIO});
     return {};
 }
 
-Result<ReceivedBytes> UnixSocket::recv(std::span<std::byte> buffer, std::size_t max_fds, int timeout_ms) const {
+Result<ReceivedBytes> UnixSocket::recv(std::span<std::byte> buffer, std::size_t max_fds,
+                                       int timeout_ms) const {
     if (buffer.empty()) return fail(Error::invalid("recv needs a non-empty buffer"));
     max_fds = std::min<std::size_t>(max_fds, kMaxFdsHard);
     if (auto w = wait_readable(fd(), timeout_ms, "recvmsg"); !w) return fail(std::move(w.error()));
@@ -181,9 +191,11 @@ Result<ReceivedBytes> UnixSocket::recv(std::span<std::byte> buffer, std::size_t 
     // Take ownership of every fd that arrived before looking at anything else.
     ReceivedBytes out;
     bool foreign_control = false;
-    const auto* control_end = reinterpret_cast<const unsigned char*>(control.data()) + mh.msg_controllen;
+    const auto* control_end =
+        reinterpret_cast<const unsigned char*>(control.data()) + mh.msg_controllen;
     for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
+            c->cmsg_len < CMSG_LEN(0)) {
             foreign_control = true;
             continue;
         }
@@ -199,13 +211,15 @@ Result<ReceivedBytes> UnixSocket::recv(std::span<std::byte> buffer, std::size_t 
 
     if (n == 0) return fail(peer_closed("recvmsg"));
     if (mh.msg_flags & MSG_TRUNC)
-        return fail(Error{ErrorKind::Protocol,
-                          fmt::format("received message is larger than the {}-byte limit", buffer.size()),
-                          EMSGSIZE});
+        return fail(
+            Error{ErrorKind::Protocol,
+                  fmt::format("received message is larger than the {}-byte limit", buffer.size()),
+                  EMSGSIZE});
     // Control-space padding can leave room for one fd more than asked for, so count as well.
     if ((mh.msg_flags & MSG_CTRUNC) || out.fds.size() > max_fds)
         return fail(Error{ErrorKind::Protocol,
-                          fmt::format("received message carries more than {} fds", max_fds), EINVAL});
+                          fmt::format("received message carries more than {} fds", max_fds),
+                          EINVAL});
     if (foreign_control)
         return fail(Error{ErrorKind::Protocol, "received an unexpected control message", EINVAL});
     out.size = static_cast<std::size_t>(n);
@@ -216,7 +230,9 @@ bool is_peer_closed(const Error& e) {
     return e.kind == ErrorKind::System && (e.errno_value == ECONNRESET || e.errno_value == EPIPE);
 }
 
-bool is_timeout(const Error& e) { return e.kind == ErrorKind::System && e.errno_value == ETIMEDOUT; }
+bool is_timeout(const Error& e) {
+    return e.kind == ErrorKind::System && e.errno_value == ETIMEDOUT;
+}
 
 Status send_message(const UnixSocket& sock, const Message& msg, std::span<const int> fds,
                     const Capabilities& limits) {
@@ -225,12 +241,14 @@ Status send_message(const UnixSocket& sock, const Message& msg, std::span<const 
     return sock.send(*bytes, fds);
 }
 
-Result<ReceivedMessage> recv_message(const UnixSocket& sock, const Capabilities& limits, int timeout_ms) {
+Result<ReceivedMessage> recv_message(const UnixSocket& sock, const Capabilities& limits,
+                                     int timeout_ms) {
     if (auto v = validate_capabilities(limits); !v)
         return fail(std::move(v.error()).context("receive limits"));
     // No zero-fill: only the received prefix is ever read.
     auto buf = std::make_unique_for_overwrite<std::byte[]>(limits.max_msg_size);
-    auto r = sock.recv(std::span<std::byte>(buf.get(), limits.max_msg_size), limits.max_msg_fds, timeout_ms);
+    auto r = sock.recv(std::span<std::byte>(buf.get(), limits.max_msg_size), limits.max_msg_fds,
+                       timeout_ms);
     if (!r) return fail(std::move(r.error()));
     auto m = decode(std::span<const std::byte>(buf.get(), r->size), r->fds.size(), limits);
     if (!m) return fail(std::move(m.error()));  // r->fds close here

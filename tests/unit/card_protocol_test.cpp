@@ -68,8 +68,12 @@ std::size_t open_fd_count() {
     return n;
 }
 
-Message cmd(Body b, std::uint16_t id = 7) { return Message{id, false, std::move(b)}; }
-Message rep(Body b, std::uint16_t id = 7) { return Message{id, false, std::move(b)}; }
+Message cmd(Body b, std::uint16_t id = 7) {
+    return Message{id, false, std::move(b)};
+}
+Message rep(Body b, std::uint16_t id = 7) {
+    return Message{id, false, std::move(b)};
+}
 
 DmaMapRequest dma(std::uint64_t addr, std::uint64_t size, std::uint64_t offset = 0) {
     return DmaMapRequest{kDmaRead | kDmaWrite, offset, GuestAddr(addr), size};
@@ -156,7 +160,9 @@ TEST_CASE("unix socket: oversized messages, surplus fds, timeouts and close are 
         REQUIRE_FALSE(s.has_value());
         CHECK(is_peer_closed(s.error()));
     }
-    SUBCASE("empty sends are refused") { CHECK_FALSE(a.send({}).has_value()); }
+    SUBCASE("empty sends are refused") {
+        CHECK_FALSE(a.send({}).has_value());
+    }
 }
 
 TEST_CASE("unix socket: listen, connect and accept by path; errors name the path") {
@@ -268,7 +274,9 @@ TEST_CASE("card protocol: SET_IRQS and IO_FDS pass eventfds in order") {
         evs.push_back(std::move(*e));
     }
     SUBCASE("SET_IRQS: fd i is vector start+i") {
-        auto r = over_socket(cmd(SetIrqsRequest{kIrqSetDataEventfd | kIrqSetActionTrigger, kPciMsixIrqIndex, 4, 3}), fds);
+        auto r = over_socket(
+            cmd(SetIrqsRequest{kIrqSetDataEventfd | kIrqSetActionTrigger, kPciMsixIrqIndex, 4, 3}),
+            fds);
         for (std::size_t i = 0; i < 3; ++i) {
             std::uint64_t v = i + 1;
             REQUIRE(::write(r.fds[i].get(), &v, sizeof v) == sizeof v);
@@ -280,10 +288,10 @@ TEST_CASE("card protocol: SET_IRQS and IO_FDS pass eventfds in order") {
         }
     }
     SUBCASE("IO_FDS sent by the vmm, one fd shared by two sub-regions") {
-        RegionIoFdsRequest req{0, {IoFdEntry{0x1000, 4, 0, 0, 0},
-                                   IoFdEntry{0x1008, 4, 1, kIoFdDatamatch, 0x1},
-                                   IoFdEntry{0x1008, 4, 1, kIoFdDatamatch, 0x2},
-                                   IoFdEntry{0x1010, 0, 2, 0, 0}}};
+        RegionIoFdsRequest req{
+            0,
+            {IoFdEntry{0x1000, 4, 0, 0, 0}, IoFdEntry{0x1008, 4, 1, kIoFdDatamatch, 0x1},
+             IoFdEntry{0x1008, 4, 1, kIoFdDatamatch, 0x2}, IoFdEntry{0x1010, 0, 2, 0, 0}}};
         auto r = over_socket(cmd(req), fds);
         std::uint64_t v = 1;
         REQUIRE(::write(r.fds[2].get(), &v, sizeof v) == sizeof v);
@@ -291,11 +299,14 @@ TEST_CASE("card protocol: SET_IRQS and IO_FDS pass eventfds in order") {
         CHECK(*evs[0].consume() == 0);
     }
     SUBCASE("IO_FDS returned by the card, and the mmap fd of REGION_INFO") {
-        over_socket(rep(RegionIoFdsReply{0, {IoFdEntry{0x1000, 4, 0, 0, 0}, IoFdEntry{0x1004, 4, 1, 0, 0},
-                                             IoFdEntry{0x1008, 4, 2, 0, 0}}}),
-                    fds);
+        over_socket(
+            rep(RegionIoFdsReply{0,
+                                 {IoFdEntry{0x1000, 4, 0, 0, 0}, IoFdEntry{0x1004, 4, 1, 0, 0},
+                                  IoFdEntry{0x1008, 4, 2, 0, 0}}}),
+            fds);
         int one[] = {fds[0]};
-        over_socket(rep(RegionInfoReply{0, kRegionFlagRead | kRegionFlagMmap, 0x2000, 0x1000}), one);
+        over_socket(rep(RegionInfoReply{0, kRegionFlagRead | kRegionFlagMmap, 0x2000, 0x1000}),
+                    one);
     }
 }
 
@@ -336,7 +347,8 @@ TEST_CASE("card protocol: header problems") {
     small.max_msg_size = 64;
     small.max_data_xfer = 32;
     REQUIRE(validate_capabilities(small));
-    auto fds2 = enc(rep(RegionIoFdsReply{0, {IoFdEntry{0, 4, 0, 0, 0}, IoFdEntry{4, 4, 0, 0, 0}}}), 1);
+    auto fds2 =
+        enc(rep(RegionIoFdsReply{0, {IoFdEntry{0, 4, 0, 0, 0}, IoFdEntry{4, 4, 0, 0, 0}}}), 1);
     CHECK(decode(fds2, 1).has_value());
     expect_bad(fds2, 1, "message of 112 bytes exceeds the limit of 64", small);
 }
@@ -353,7 +365,8 @@ TEST_CASE("card protocol: error replies") {
     REQUIRE(d.has_value());
     CHECK(std::get<ErrorReply>(d->body).error == EEXIST);
     CHECK(std::get<ErrorReply>(error_reply(req, 0).body).error == EINVAL);
-    CHECK(std::get<ErrorReply>(error_reply(req, Error{ErrorKind::Protocol, "x", ENOSPC}).body).error == ENOSPC);
+    CHECK(std::get<ErrorReply>(error_reply(req, Error{ErrorKind::Protocol, "x", ENOSPC}).body)
+              .error == ENOSPC);
 
     // A peer may refuse a command it does not know.
     auto raw = enc(cmd(DeviceResetRequest{}, 5));
@@ -444,7 +457,8 @@ TEST_CASE("card protocol: REGION_READ/WRITE counts and lengths") {
     expect_bad(b, 0, "payload is 20 bytes, expected 18");
     expect_bad(std::span(wr).first(kHeaderSize + 8), 0, "header says");
 
-    CHECK_FALSE(encode(cmd(RegionWriteRequest{0, 0, std::vector<std::byte>(kMaxDataXfer + 1)}), 0).has_value());
+    CHECK_FALSE(encode(cmd(RegionWriteRequest{0, 0, std::vector<std::byte>(kMaxDataXfer + 1)}), 0)
+                    .has_value());
     CHECK_FALSE(encode(rep(RegionReadReply{0, 0, {}}), 0).has_value());
 }
 
@@ -457,9 +471,11 @@ TEST_CASE("card protocol: SET_IRQS flags, ranges and fd counts") {
     expect_bad(good, 4, "4 fds attached for 3 interrupts");
     // Payload: argsz@0 flags@4 index@8 start@12 count@16.
     auto b = good;
-    patch<std::uint32_t>(b, kHeaderSize + 4, kIrqSetDataEventfd | kIrqSetActionTrigger | kIrqSetActionMask);
+    patch<std::uint32_t>(b, kHeaderSize + 4,
+                         kIrqSetDataEventfd | kIrqSetActionTrigger | kIrqSetActionMask);
     expect_bad(b, 3, "exactly one ACTION_ bit");
-    patch<std::uint32_t>(b, kHeaderSize + 4, kIrqSetDataEventfd | kIrqSetDataNone | kIrqSetActionMask);
+    patch<std::uint32_t>(b, kHeaderSize + 4,
+                         kIrqSetDataEventfd | kIrqSetDataNone | kIrqSetActionMask);
     expect_bad(b, 3, "exactly one DATA_ bit");
     patch<std::uint32_t>(b, kHeaderSize + 4, kIrqSetDataBool | kIrqSetActionMask);
     expect_bad(b, 3, "DATA_BOOL is not supported");
@@ -471,15 +487,19 @@ TEST_CASE("card protocol: SET_IRQS flags, ranges and fd counts") {
     b = good;
     patch<std::uint32_t>(b, kHeaderSize + 8, kNumIrqIndexes);
     expect_bad(b, 3, "IRQ index 5");
-    CHECK_FALSE(encode(cmd(SetIrqsRequest{kIrqSetDataNone | kIrqSetActionTrigger, 2, 0, 1}), 1).has_value());
+    CHECK_FALSE(encode(cmd(SetIrqsRequest{kIrqSetDataNone | kIrqSetActionTrigger, 2, 0, 1}), 1)
+                    .has_value());
 }
 
 TEST_CASE("card protocol: IO_FDS sub-regions are checked against the fds") {
-    RegionIoFdsReply r{0, {IoFdEntry{0x1000, 4, 0, 0, 0}, IoFdEntry{0x1004, 2, 1, kIoFdDatamatch, 0xffff}}};
+    RegionIoFdsReply r{
+        0, {IoFdEntry{0x1000, 4, 0, 0, 0}, IoFdEntry{0x1004, 2, 1, kIoFdDatamatch, 0xffff}}};
     auto good = enc(rep(r), 2);
     expect_bad(good, 1, "fd_index 1 but 1 fds attached");
     expect_bad(good, 3, "fd 2 is not used");
-    const std::size_t e1 = kHeaderSize + 16 + 40;  // second entry: offset@0 size@8 fd_index@16 type@20 flags@24 pad@28 dm@32
+    const std::size_t e1 =
+        kHeaderSize + 16 +
+        40;  // second entry: offset@0 size@8 fd_index@16 type@20 flags@24 pad@28 dm@32
     auto b = good;
     patch<std::uint64_t>(b, e1 + 8, 3);
     expect_bad(b, 2, "size 3 is not 0, 1, 2, 4 or 8");
@@ -513,7 +533,7 @@ TEST_CASE("card protocol: request fields that must be zero, reply limits, VERSIO
     patch<std::uint32_t>(rinfo, kHeaderSize + 4, kRegionFlagRead | kRegionFlagCaps);
     expect_bad(rinfo, 0, "capability chains");
     patch<std::uint32_t>(rinfo, kHeaderSize + 4, kRegionFlagRead | kRegionFlagMmap);
-    expect_bad(rinfo, 0, "0 fds attached, expected 1");
+    expect_bad(rinfo, 0, "with 0 fds attached");
     CHECK(decode(rinfo, 1).has_value());
     auto dev = enc(rep(DeviceGetInfoReply{kDeviceFlagPci, 9, 5}));
     patch<std::uint32_t>(dev, kHeaderSize + 8, 1000);
@@ -573,8 +593,11 @@ TEST_CASE("dma map table: overlaps are refused, adjacency is fine, unmap must be
     REQUIRE(t.map(dma(0x10000, 0x10000, 0)));
     CHECK(t.map(dma(0x20000, 0x1000, 0x10000)).has_value());  // adjacent above
     CHECK(t.map(dma(0xf000, 0x1000, 0x11000)).has_value());   // adjacent below
-    for (auto [addr, size] : {std::pair{0x10000ull, 0x1000ull}, {0x1f000ull, 0x2000ull},
-                              {0x8000ull, 0x9000ull}, {0x0ull, 0x100000ull}, {0x18000ull, 0x1000ull}}) {
+    for (auto [addr, size] : {std::pair{0x10000ull, 0x1000ull},
+                              {0x1f000ull, 0x2000ull},
+                              {0x8000ull, 0x9000ull},
+                              {0x0ull, 0x100000ull},
+                              {0x18000ull, 0x1000ull}}) {
         auto s = t.map(dma(addr, size, 0x40000));
         REQUIRE_FALSE(s.has_value());
         CHECK(s.error().errno_value == EEXIST);
@@ -604,14 +627,16 @@ TEST_CASE("dma map table: overlaps are refused, adjacency is fine, unmap must be
 }
 
 TEST_CASE("dma map table: its regions rebuild guest memory from a received memfd") {
-    auto vm = GuestMemory::create({{GuestAddr(0), 0x20000, 0}, {GuestAddr(0x100000), 0x10000, 0x20000}});
+    auto vm =
+        GuestMemory::create({{GuestAddr(0), 0x20000, 0}, {GuestAddr(0x100000), 0x10000, 0x20000}});
     REQUIRE(vm.has_value());
     REQUIRE(vm->write_obj(GuestAddr(0x100010), std::uint64_t{0xfeedface}));
 
     auto [vmm_end, card_end] = socket_pair();
     for (const auto& r : vm->table().regions()) {
         int fds[] = {vm->memfd().fd()};
-        REQUIRE(send_message(vmm_end, cmd(DmaMapRequest{kDmaRead | kDmaWrite, r.fd_offset, r.base, r.size}), fds));
+        REQUIRE(send_message(
+            vmm_end, cmd(DmaMapRequest{kDmaRead | kDmaWrite, r.fd_offset, r.base, r.size}), fds));
     }
     DmaMapTable table;
     UniqueFd ram;

@@ -36,13 +36,13 @@ inline constexpr std::uint16_t kProtocolMajor = 1;
 inline constexpr std::uint16_t kProtocolMinor = 0;
 
 inline constexpr std::size_t kHeaderSize = 16;
-inline constexpr std::uint64_t kPageSize = 4096;    // DMA_MAP granularity (spec default pgsizes)
+inline constexpr std::uint64_t kPageSize = 4096;     // DMA_MAP granularity (spec default pgsizes)
 inline constexpr std::uint32_t kMaxDataXfer = 4096;  // REGION_READ/WRITE count, hard cap
 inline constexpr std::uint32_t kMaxFdsHard = 253;    // SCM_MAX_FD in the kernel
 // AF_UNIX refuses a SEQPACKET message larger than the send buffer (~208 KiB by default).
 inline constexpr std::uint32_t kMaxMsgSizeHard = 128 * 1024;
-inline constexpr std::uint32_t kMaxRegions = 32;     // PCI uses 9; the rest is room for extras
-inline constexpr std::uint32_t kNumIrqIndexes = 5;   // INTX, MSI, MSI-X, ERR, REQ
+inline constexpr std::uint32_t kMaxRegions = 32;         // PCI uses 9; the rest is room for extras
+inline constexpr std::uint32_t kNumIrqIndexes = 5;       // INTX, MSI, MSI-X, ERR, REQ
 inline constexpr std::uint32_t kMaxIrqsPerIndex = 2048;  // the MSI-X table limit
 inline constexpr std::uint32_t kMaxDmaMapsHard = 65535;
 
@@ -313,17 +313,16 @@ struct ErrorReply {
     bool operator==(const ErrorReply&) const = default;
 };
 
-using Body = std::variant<VersionRequest, VersionReply, DmaMapRequest, DmaMapReply,
-                          DmaUnmapRequest, DmaUnmapReply, DeviceGetInfoRequest,
-                          DeviceGetInfoReply, RegionInfoRequest, RegionInfoReply,
-                          RegionIoFdsRequest, RegionIoFdsReply, IrqInfoRequest, IrqInfoReply,
-                          SetIrqsRequest, SetIrqsReply, RegionReadRequest, RegionReadReply,
-                          RegionWriteRequest, RegionWriteReply, DeviceResetRequest,
-                          DeviceResetReply, ErrorReply>;
+using Body = std::variant<VersionRequest, VersionReply, DmaMapRequest, DmaMapReply, DmaUnmapRequest,
+                          DmaUnmapReply, DeviceGetInfoRequest, DeviceGetInfoReply,
+                          RegionInfoRequest, RegionInfoReply, RegionIoFdsRequest, RegionIoFdsReply,
+                          IrqInfoRequest, IrqInfoReply, SetIrqsRequest, SetIrqsReply,
+                          RegionReadRequest, RegionReadReply, RegionWriteRequest, RegionWriteReply,
+                          DeviceResetRequest, DeviceResetReply, ErrorReply>;
 
 struct Message {
-    std::uint16_t id = 0;    // chosen by the sender of a command, echoed by the reply
-    bool no_reply = false;   // commands only
+    std::uint16_t id = 0;   // chosen by the sender of a command, echoed by the reply
+    bool no_reply = false;  // commands only
     Body body;
 
     [[nodiscard]] Command command() const;
@@ -387,7 +386,8 @@ struct DmaMapping {
 // memfd is checked when the regions are handed to GuestMemory::attach. It does not own fds.
 class DmaMapTable final {
 public:
-    explicit DmaMapTable(std::uint32_t max_maps = Capabilities{}.max_dma_maps) : max_maps_(max_maps) {}
+    explicit DmaMapTable(std::uint32_t max_maps = Capabilities{}.max_dma_maps)
+        : max_maps_(max_maps) {}
 
     // Adds a mapping. A range that overlaps an existing one fails with errno EEXIST (vfio-user
     // DMA_MAP), a full table with ENOSPC, a malformed range with EINVAL. All kind Protocol.

@@ -54,7 +54,8 @@ public:
     [[nodiscard]] bool valid() const noexcept { return fd_.valid(); }
 
 private:
-    explicit UnixSocket(UniqueFd fd, std::string path = {}) : fd_(std::move(fd)), path_(std::move(path)) {}
+    explicit UnixSocket(UniqueFd fd, std::string path = {})
+        : fd_(std::move(fd)), path_(std::move(path)) {}
     void close() noexcept;
 
     UniqueFd fd_;
@@ -76,7 +77,8 @@ Status send_message(const UnixSocket& sock, const Message& msg, std::span<const 
                     const Capabilities& limits = {});
 
 // Receives and decodes one message under `limits`. On any error the received fds are closed.
-[[nodiscard]] Result<ReceivedMessage> recv_message(const UnixSocket& sock, const Capabilities& limits = {},
+[[nodiscard]] Result<ReceivedMessage> recv_message(const UnixSocket& sock,
+                                                   const Capabilities& limits = {},
                                                    int timeout_ms = -1);
 
 }  // namespace common::card
