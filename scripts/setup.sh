@@ -11,7 +11,7 @@ PACKAGES=(
   libspdlog-dev libfmt-dev doctest-dev libcli11-dev liburing-dev
   clang-19 lld-19 libclang-rt-19-dev
   busybox-static kmod cpio gzip
-  qemu-system-x86 fio procps
+  qemu-system-x86 fio procps python3-matplotlib
 )
 
 missing=()
