@@ -67,7 +67,8 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"auto", "none", "nitro"}));
     run->add_option("--volume", volumes,
                     "PATH[,size=64M][,iops=N][,mbps=N][,ram]: an EBS volume as an NVMe controller (repeatable; "
-                    "nvme0n1, nvme1n1, ... in order); a missing file with a size is created");
+                    "nvme0n1, nvme1n1, ... in order); a missing file with a size is created")
+        ->allow_extra_args(false);  // one value per --volume, so "-- ARGS" stays the guest's
     run->add_option("args", guest_args, "after --: the probe's workload, or the command Linux's /init runs");
     app.positionals_at_end();
 

@@ -8,10 +8,11 @@ build=$(cd "${1:?usage: $0 BUILD_DIR}" && pwd)
 out=$build/lane
 mkdir -p "$out/bin"
 cp -f "$build/bin/nitrovm" "$out/bin/nitrovm"
+cp -f "$build/bin/nitro-card" "$out/bin/nitro-card"
 mode=()
 if [ -e /dev/kvm ] && [ ! -d /sys/module/kvm_pvm ] && { [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd ]; }; then
     mode=(--direct)  # hardware KVM: no emulated host needed
 fi
 exec "$here/run-lane.sh" --image-dir "$build/images" --bin-dir "$out/bin" --out "$out" --smp 2 \
     --file "$build/guest/probe.elf:/images/probe.elf" "${mode[@]}" \
-    -- "$here/selftest.sh" "$here/linux-guest.sh"
+    -- "$here/selftest.sh" "$here/linux-guest.sh" "$here/linux-nvme.sh"

@@ -23,9 +23,10 @@ guest=$(echo "$guest" | tr '\n' ' ')
     --memory 512M --vcpus 2 --timeout 240 --volume "$vol,size=64M" -- sh -c "$guest" >out.txt 2>err.txt
 status=$?
 cat out.txt err.txt
+tr -d '\r' <out.txt >clean.txt && mv clean.txt out.txt  # the guest's tty ends lines with CR LF
 [ "$status" = 0 ] || fail "nitrovm exited $status"
 grep -q '^model=Amazon Elastic Block Store' out.txt || fail "nvme0n1 does not have the EBS model"
-grep -q '^serial=vol[0-9a-f]\{17\}$' out.txt || fail "the serial is not a volume id"
+grep -qE '^serial=vol[0-9a-f]{17} *$' out.txt || fail "the serial is not a volume id"
 grep -q '^size=131072$' out.txt || fail "nvme0n1 is not 64 MiB"
 grep -q '^roundtrip=ok' out.txt || fail "the guest's read-back differed"
 # The data is in the backing file: 1 MiB of the pattern at 1 MiB.

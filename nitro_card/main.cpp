@@ -1,0 +1,119 @@
+// nitro-card: the card process. Serves one NVMe controller per volume, each on its own socket
+// (DIR/nvme<i>.sock), to the vmm(s) of the host. See nitro_card/README.md.
+#include <signal.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+
+#include "card/volume_id.hpp"
+#include "common/log.hpp"
+#include "nvme/controller.hpp"
+#include "storage/file_backend.hpp"
+#include "storage/ram_backend.hpp"
+#include "storage/volume_spec.hpp"
+#include "transport/device_server.hpp"
+
+namespace {
+
+int usage_error(const std::string& msg) {
+    std::fprintf(stderr, "nitro-card: error: %s\n", msg.c_str());
+    return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"nitro-card: NVMe controllers for the host's instances, over shared guest memory"};
+    std::string socket_dir, log_level = "info";
+    std::vector<std::string> volumes;
+    int ready_fd = -1;
+    bool exit_when_idle = false;
+    unsigned queues = 4;
+    app.add_option("--socket-dir", socket_dir, "directory for the device sockets")->required();
+    app.add_option("--volume", volumes, "PATH[,size=64M][,iops=N][,mbps=N][,ram] (repeatable)");
+    app.add_option("--queues", queues, "I/O queue pairs per controller (one per vCPU)")->capture_default_str();
+    app.add_option("--ready-fd", ready_fd, "write one byte here when every socket listens");
+    app.add_flag("--exit-when-idle", exit_when_idle, "exit once every device was used and none is");
+    app.add_option("--log-level", log_level)->capture_default_str();
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        return usage_error(e.what());
+    }
+    if (auto s = common::setup_logging("nitro-card", log_level); !s) return usage_error(s.error().message);
+
+    // SIGTERM/SIGINT end the card cleanly; they are taken synchronously below.
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    ::signal(SIGPIPE, SIG_IGN);
+
+    std::vector<std::unique_ptr<nitro_card::DeviceServer>> servers;
+    for (std::size_t i = 0; i < volumes.size(); ++i) {
+        auto spec = nitro_card::storage::parse_volume_spec(volumes[i]);
+        if (!spec) return usage_error(spec.error().message);
+        common::Result<std::unique_ptr<nitro_card::storage::BlockBackend>> backend =
+            common::fail(common::Error::invalid("no backend"));
+        if (spec->ram) {
+            auto r = nitro_card::storage::RamBackend::create(*spec->size_bytes);
+            if (r) backend = std::unique_ptr<nitro_card::storage::BlockBackend>(std::move(*r));
+            else backend = common::fail(std::move(r.error()));
+        } else {
+            nitro_card::storage::FileBackendOptions o;
+            o.create_size = spec->size_bytes;
+            auto f = nitro_card::storage::FileBackend::open(spec->path, o);
+            if (f) backend = std::unique_ptr<nitro_card::storage::BlockBackend>(std::move(*f));
+            else backend = common::fail(std::move(f.error()));
+        }
+        if (!backend) return usage_error(fmt::format("volume {}: {}", spec->path, backend.error().message));
+        nitro_card::nvme::ControllerConfig cc;
+        cc.backend = std::move(*backend);
+        cc.volume_limits = spec->limits;
+        cc.serial = nitro_card::volume_id_for(spec->ram ? "ram:" + spec->path
+                                                        : std::filesystem::absolute(spec->path).string());
+        cc.controller_id = static_cast<std::uint16_t>(i + 1);
+        cc.max_io_queues = queues;
+        auto ctrl = nitro_card::nvme::Controller::create(std::move(cc));
+        if (!ctrl) return usage_error(fmt::format("volume {}: {}", spec->path, ctrl.error().message));
+        auto path = fmt::format("{}/nvme{}.sock", socket_dir, i);
+        auto server = nitro_card::DeviceServer::start(path, *ctrl);
+        if (!server) return usage_error(server.error().message);
+        spdlog::info("nvme{}: volume {} ({}) serving at {}", i, (*ctrl)->serial(), spec->path, path);
+        servers.push_back(std::move(*server));
+    }
+    if (ready_fd >= 0) {
+        char b = 1;
+        (void)!::write(ready_fd, &b, 1);
+        ::close(ready_fd);
+    }
+
+    // Wait for a stop signal, or (one-shot mode) for every device to have had its client leave.
+    for (;;) {
+        timespec tick{0, 100'000'000};
+        int sig = ::sigtimedwait(&stop_signals, nullptr, &tick);
+        if (sig > 0) {
+            spdlog::info("signal {}: stopping", sig);
+            break;
+        }
+        if (exit_when_idle && !servers.empty()) {
+            bool idle = true;
+            for (const auto& s : servers) idle = idle && s->clients_served() > 0 && !s->has_client();
+            if (idle) {
+                spdlog::info("every client has gone: stopping");
+                break;
+            }
+        }
+    }
+    servers.clear();
+    for (std::size_t i = 0; i < volumes.size(); ++i) ::unlink(fmt::format("{}/nvme{}.sock", socket_dir, i).c_str());
+    return 0;
+}
