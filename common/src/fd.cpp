@@ -78,6 +78,12 @@ Result<Mmap> Mmap::map_shared(int fd, std::size_t len, std::uint64_t offset, int
     return Mmap(p, len);
 }
 
+Result<Mmap> Mmap::map_file(int fd, std::size_t len) {
+    void* p = ::mmap(nullptr, len, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) return fail(Error::from_errno(fmt::format("mmap of a {}-byte file", len)));
+    return Mmap(p, len);
+}
+
 Result<Mmap> Mmap::anonymous(std::size_t len) {
     void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return fail(Error::from_errno(fmt::format("anonymous mmap of {} bytes", len)));

@@ -81,6 +81,8 @@ public:
     [[nodiscard]] static Result<Mmap> map_shared(int fd, std::size_t len, std::uint64_t offset,
                                                  int prot);
     [[nodiscard]] static Result<Mmap> anonymous(std::size_t len);
+    // Maps len bytes of a file read-only and private (for reading it once).
+    [[nodiscard]] static Result<Mmap> map_file(int fd, std::size_t len);
 
     [[nodiscard]] std::byte* data() const noexcept { return static_cast<std::byte*>(addr_); }
     [[nodiscard]] std::size_t size() const noexcept { return len_; }

@@ -1,6 +1,8 @@
 #include "vmm/machine.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/stat.h>
 #include <pthread.h>
 #include <signal.h>
 #include <termios.h>
@@ -47,13 +49,25 @@ constexpr int kKickSignal = SIGUSR1;
 constexpr std::uint32_t kSerialIrq = 4;
 constexpr std::uint16_t kCom1 = 0x3f8;
 
-Result<std::vector<std::uint8_t>> read_file(const std::string& path, std::string_view what) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) return fail(Error::from_errno(fmt::format("{} {}", what, path)));
-    std::vector<std::uint8_t> data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    if (f.bad()) return fail(Error::from_errno(fmt::format("reading {} {}", what, path)));
-    if (data.empty()) return fail(Error::invalid(fmt::format("{} {} is empty", what, path)));
-    return data;
+// A kernel or initrd file, mapped read-only for as long as loading takes: its pages stay in the
+// page cache instead of being copied into the vmm's own memory first.
+struct MappedFile {
+    common::Mmap map;
+    [[nodiscard]] std::span<const std::uint8_t> bytes() const {
+        return {reinterpret_cast<const std::uint8_t*>(map.data()), map.size()};
+    }
+};
+
+Result<MappedFile> map_file(const std::string& path, std::string_view what) {
+    auto fd = common::UniqueFd::open(path, O_RDONLY);
+    if (!fd) return fail(std::move(fd.error()).context(std::string(what)));
+    struct stat st{};
+    if (::fstat(fd->get(), &st) != 0) return fail(Error::from_errno(fmt::format("{} {}", what, path)));
+    if (!S_ISREG(st.st_mode)) return fail(Error::invalid(fmt::format("{} {} is not a regular file", what, path)));
+    if (st.st_size == 0) return fail(Error::invalid(fmt::format("{} {} is empty", what, path)));
+    auto m = common::Mmap::map_file(fd->get(), static_cast<std::size_t>(st.st_size));
+    if (!m) return fail(std::move(m.error()).context(fmt::format("{} {}", what, path)));
+    return MappedFile{std::move(*m)};
 }
 
 // The vmm's own memory, apart from guest RAM (which is shared memory: RssShmem).
@@ -233,21 +247,24 @@ common::Status KvmMachine::setup() {
     if (auto s = setup_memory(); !s) return s;
     if (auto s = setup_devices(); !s) return s;
 
-    auto kernel = read_file(cfg_.kernel, "kernel");
-    if (!kernel) return fail(std::move(kernel.error()));
-    std::vector<std::uint8_t> initrd;
+    auto kernel_file = map_file(cfg_.kernel, "kernel");
+    if (!kernel_file) return fail(std::move(kernel_file.error()));
+    auto kernel = kernel_file->bytes();
+    std::optional<MappedFile> initrd_file;
+    std::span<const std::uint8_t> initrd;
     if (!cfg_.initrd.empty()) {
-        auto i = read_file(cfg_.initrd, "initrd");
+        auto i = map_file(cfg_.initrd, "initrd");
         if (!i) return fail(std::move(i.error()));
-        initrd = std::move(*i);
+        initrd_file = std::move(*i);
+        initrd = initrd_file->bytes();
     }
     if (auto s = write_mptable(mem_, cfg_.vcpus); !s) return s;
     auto rsdp = write_acpi(mem_, cfg_.vcpus);
     if (!rsdp) return fail(std::move(rsdp.error()));
     Result<BootEntry> entry = fail(Error::invalid("unreachable"));
-    switch (detect_kernel(*kernel)) {
-        case KernelFormat::PvhElf: entry = load_pvh(mem_, *kernel, cfg_.cmdline, initrd, *rsdp); break;
-        case KernelFormat::BzImage: entry = load_bzimage(mem_, *kernel, cfg_.cmdline, initrd, *rsdp); break;
+    switch (detect_kernel(kernel)) {
+        case KernelFormat::PvhElf: entry = load_pvh(mem_, kernel, cfg_.cmdline, initrd, *rsdp); break;
+        case KernelFormat::BzImage: entry = load_bzimage(mem_, kernel, cfg_.cmdline, initrd, *rsdp); break;
         case KernelFormat::Unknown:
             return fail(Error::invalid(fmt::format("kernel {}: neither a PVH ELF nor a bzImage", cfg_.kernel)));
     }
