@@ -34,9 +34,16 @@ int main(int argc, char** argv) {
     int ready_fd = -1;
     bool exit_when_idle = false;
     unsigned queues = 4;
+    unsigned poll_us = nitro_card::nvme::kDefaultPollUs;
     app.add_option("--socket-dir", socket_dir, "directory for the device sockets")->required();
     app.add_option("--volume", volumes, "PATH[,size=64M][,iops=N][,mbps=N][,ram] (repeatable)");
     app.add_option("--queues", queues, "I/O queue pairs per controller (one per vCPU)")->capture_default_str();
+    app.add_option("--poll-us", poll_us,
+                   "after I/O, each controller's worker polls the queues this long (microseconds) "
+                   "before it sleeps; while it polls the guest writes no doorbells (no VM exits). "
+                   "0: no polling, a doorbell per idle-to-busy transition")
+        ->check(CLI::Range(0u, nitro_card::nvme::kMaxPollUs))
+        ->capture_default_str();
     app.add_option("--ready-fd", ready_fd, "write one byte here when every socket listens");
     app.add_flag("--exit-when-idle", exit_when_idle, "exit once every device was used and none is");
     app.add_option("--log-level", log_level)->capture_default_str();
@@ -82,6 +89,7 @@ int main(int argc, char** argv) {
                                                         : std::filesystem::absolute(spec->path).string());
         cc.controller_id = static_cast<std::uint16_t>(i + 1);
         cc.max_io_queues = queues;
+        cc.io_thread.poll_us = poll_us;
         auto ctrl = nitro_card::nvme::Controller::create(std::move(cc));
         if (!ctrl) return usage_error(fmt::format("volume {}: {}", spec->path, ctrl.error().message));
         auto path = fmt::format("{}/nvme{}.sock", socket_dir, i);

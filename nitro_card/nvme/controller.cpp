@@ -130,6 +130,10 @@ ControllerStats snapshot(const ControllerCounters& c) {
     s.invalid_doorbells = get(c.invalid_doorbells);
     s.bad_register_accesses = get(c.bad_register_accesses);
     s.interrupts = get(c.interrupts);
+    s.doorbell_wakeups = get(c.doorbell_wakeups);
+    s.poll_hits = get(c.poll_hits);
+    s.poll_ns = get(c.poll_ns);
+    s.poll_backoffs = get(c.poll_backoffs);
     return s;
 }
 

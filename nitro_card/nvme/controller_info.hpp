@@ -74,6 +74,13 @@ struct ControllerCounters {
     std::atomic<std::uint64_t> invalid_doorbells{0};
     std::atomic<std::uint64_t> bad_register_accesses{0};
     std::atomic<std::uint64_t> interrupts{0};
+    // The I/O worker's polling: epoll wake-ups that an SQ or CQ doorbell (ioeventfd or slow
+    // path) caused, polling passes that found work, the time spent polling without any, and
+    // the times polling stopped for a while because the worker lost its CPU while spinning.
+    std::atomic<std::uint64_t> doorbell_wakeups{0};
+    std::atomic<std::uint64_t> poll_hits{0};
+    std::atomic<std::uint64_t> poll_ns{0};
+    std::atomic<std::uint64_t> poll_backoffs{0};
 
     static void add(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) {
         c.fetch_add(n, std::memory_order_relaxed);
@@ -97,6 +104,10 @@ struct ControllerStats {
     std::uint64_t invalid_doorbells = 0;
     std::uint64_t bad_register_accesses = 0;
     std::uint64_t interrupts = 0;
+    std::uint64_t doorbell_wakeups = 0;
+    std::uint64_t poll_hits = 0;
+    std::uint64_t poll_ns = 0;
+    std::uint64_t poll_backoffs = 0;
     [[nodiscard]] std::uint64_t slow_path_accesses() const {
         return slow_path_reads + slow_path_writes;
     }

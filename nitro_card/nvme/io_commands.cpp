@@ -49,6 +49,7 @@ StatusCode backend_failure(storage::Op op) {
 
 void IoWorker::accept(Sq& sq, const SqEntry& entry) {
     ControllerCounters::add(counters_.io_commands);
+    ++progress_;
     ++sq.outstanding;
     const IoLimits limits{std::span<const NamespaceGeometry>(&ns_, 1), max_transfer_};
     auto decoded = decode_io(entry, limits);
@@ -229,6 +230,7 @@ void IoWorker::reap() {
 }
 
 void IoWorker::on_backend_done(const storage::Completion& done) {
+    ++progress_;
     if (in_flight_ > 0) --in_flight_;
     if (done.tag == kFlushTag) {
         flush_pending_ = false;

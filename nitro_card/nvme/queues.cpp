@@ -69,6 +69,14 @@ bool publish_event_idx(const common::GuestMemory& mem, const ShadowBuffers& buf,
     return true;
 }
 
+bool store_event_idx(const common::GuestMemory& mem, const ShadowBuffers& buf, DoorbellRef db,
+                     std::uint32_t value) {
+    auto slot = shadow_slot(mem, buf.event_idx, db);
+    if (!slot) return false;
+    slot->store(value, std::memory_order_release);
+    return true;
+}
+
 bool write_shadow(const common::GuestMemory& mem, const ShadowBuffers& buf, DoorbellRef db,
                   std::uint32_t value) {
     auto slot = shadow_slot(mem, buf.doorbells, db);

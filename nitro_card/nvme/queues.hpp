@@ -95,6 +95,11 @@ inline constexpr std::uint16_t kMaxShadowQid = 511;
 // and then loads the shadow value, so one of the two always sees the other's store.
 [[nodiscard]] bool publish_event_idx(const common::GuestMemory& mem, const ShadowBuffers& buf,
                                      DoorbellRef db, std::uint32_t value);
+// Stores EventIdx for `db` without the fence: for a value that only keeps the guest from
+// ringing (the controller is polling, or needs no doorbell). A guest that sees it late rings
+// once more than needed, nothing worse; nothing is re-read after it.
+[[nodiscard]] bool store_event_idx(const common::GuestMemory& mem, const ShadowBuffers& buf,
+                                   DoorbellRef db, std::uint32_t value);
 // Writes the shadow doorbell itself: only when shadow doorbells start for a queue, to carry
 // over the value the registers had (as QEMU's nvme_dbbuf_config does).
 [[nodiscard]] bool write_shadow(const common::GuestMemory& mem, const ShadowBuffers& buf,

@@ -116,15 +116,20 @@ card::Message DeviceServer::handle(const card::Message& m, std::vector<common::U
                 return out;
             } else if constexpr (std::is_same_v<T, card::DmaMapRequest>) {
                 if (auto s = dma_.map(body); !s) return refuse(s.error().errno_value, s.error().message);
-                memfd_ = std::move(fds.at(0));
-                auto dup = common::UniqueFd(::dup(memfd_.get()));
-                auto memfd = common::MemFd::adopt(std::move(dup));
-                if (!memfd) return refuse(EINVAL, memfd.error().message);
+                // The new fd replaces the kept one only once the whole table maps with it: a
+                // refused DMA_MAP must leave the earlier mappings (and DMA_UNMAP) working.
+                common::UniqueFd fd = std::move(fds.at(0));
+                auto memfd = common::MemFd::adopt(common::UniqueFd(::dup(fd.get())));
+                if (!memfd) {
+                    (void)dma_.unmap(body.addr, body.size);
+                    return refuse(EINVAL, memfd.error().message);
+                }
                 auto mem = common::GuestMemory::attach(std::move(*memfd), dma_.memory_regions());
                 if (!mem) {
                     (void)dma_.unmap(body.addr, body.size);
                     return refuse(EINVAL, mem.error().message);
                 }
+                memfd_ = std::move(fd);
                 mem_ = std::make_shared<const common::GuestMemory>(std::move(*mem));
                 device_->attach_memory(mem_);
                 return reply(card::DmaMapReply{});
