@@ -504,7 +504,15 @@ void IoWorker::fetch_sq(Sq& sq, Doorbells doorbells, bool& more) {
     unsigned budget = kFetchBudget;
     for (;;) {
         const auto tail = sq_tail(sq);
-        if (!tail || !drain_sq(sq, *tail, budget, more)) break;
+        if (!tail) {
+            // An invalid tail is ignored (NVMe 2.0 §5.2.1). Before the worker may sleep, EventIdx
+            // goes to the last slot processed, so the guest's next valid update rings again.
+            if (shadow_ && doorbells != Doorbells::Quiet &&
+                publish_event_idx(*mem_, *shadow_, {sq.qid, false}, sq.ring.head()))
+                sq.event_idx = sq.ring.head();
+            break;
+        }
+        if (!drain_sq(sq, *tail, budget, more)) break;
         if (!shadow_ || doorbells == Doorbells::Quiet) break;
         // Drained, and the worker may sleep next. Publish EventIdx = the tail processed, so the
         // guest's next update rings the doorbell, then (after the fence in publish_event_idx)
