@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "card/volume_id.hpp"
 #include "common/log.hpp"
@@ -38,6 +39,12 @@ int main(int argc, char** argv) {
     app.add_option("--socket-dir", socket_dir, "directory for the device sockets")->required();
     app.add_option("--volume", volumes, "PATH[,size=64M][,iops=N][,mbps=N][,ram] (repeatable)");
     app.add_option("--queues", queues, "I/O queue pairs per controller (one per vCPU)")->capture_default_str();
+    std::vector<int> cpus;
+    std::optional<std::uint64_t> instance_iops, instance_mbps;
+    app.add_option("--cpus", cpus, "pin every controller's I/O worker to these host CPUs (e.g. --cpus 1)")
+        ->delimiter(',');
+    app.add_option("--instance-iops", instance_iops, "the instance's EBS IOPS cap, shared by its volumes");
+    app.add_option("--instance-mbps", instance_mbps, "the instance's EBS bandwidth cap in MiB/s, shared");
     app.add_option("--poll-us", poll_us,
                    "after I/O, each controller's worker polls the queues this long (microseconds) "
                    "before it sleeps; while it polls the guest writes no doorbells (no VM exits). "
@@ -65,6 +72,14 @@ int main(int argc, char** argv) {
     ::signal(SIGPIPE, SIG_IGN);
 
     std::vector<std::unique_ptr<nitro_card::DeviceServer>> servers;
+    std::vector<std::shared_ptr<nitro_card::nvme::Controller>> controllers;
+    std::shared_ptr<nitro_card::nvme::SharedRateLimiter> instance_limiter;
+    if (instance_iops || instance_mbps) {
+        nitro_card::storage::Limits l = nitro_card::storage::Limits::unlimited();
+        if (instance_iops) l.iops = *instance_iops;
+        if (instance_mbps) l.bytes_per_second = *instance_mbps << 20;
+        instance_limiter = std::make_shared<nitro_card::nvme::SharedRateLimiter>(l);
+    }
     for (std::size_t i = 0; i < volumes.size(); ++i) {
         auto spec = nitro_card::storage::parse_volume_spec(volumes[i]);
         if (!spec) return usage_error(spec.error().message);
@@ -90,6 +105,8 @@ int main(int argc, char** argv) {
         cc.controller_id = static_cast<std::uint16_t>(i + 1);
         cc.max_io_queues = queues;
         cc.io_thread.poll_us = poll_us;
+        cc.io_thread.cpus = cpus;
+        cc.instance_limiter = instance_limiter;
         auto ctrl = nitro_card::nvme::Controller::create(std::move(cc));
         if (!ctrl) return usage_error(fmt::format("volume {}: {}", spec->path, ctrl.error().message));
         auto path = fmt::format("{}/nvme{}.sock", socket_dir, i);
@@ -97,6 +114,7 @@ int main(int argc, char** argv) {
         if (!server) return usage_error(server.error().message);
         spdlog::info("nvme{}: volume {} ({}) serving at {}", i, (*ctrl)->serial(), spec->path, path);
         servers.push_back(std::move(*server));
+        controllers.push_back(*ctrl);
     }
     if (ready_fd >= 0) {
         char b = 1;
@@ -122,6 +140,18 @@ int main(int argc, char** argv) {
         }
     }
     servers.clear();
+    // What each volume did, for the operator and the benchmarks.
+    for (std::size_t i = 0; i < controllers.size(); ++i) {
+        auto st = controllers[i]->stats();
+        spdlog::info("nvme{} {}: {} I/O commands ({} reads, {} writes), {} MiB read, {} MiB written, {} errors; "
+                     "throttled {} commands for {:.1f} ms; {} slow-path register accesses, {} doorbell wake-ups, "
+                     "{} polls found work",
+                     i, controllers[i]->serial(), st.io_commands, st.read_commands, st.write_commands,
+                     st.bytes_read >> 20, st.bytes_written >> 20, st.error_completions, st.throttled_commands,
+                     static_cast<double>(st.throttled_ns) / 1e6, st.slow_path_accesses(), st.doorbell_wakeups,
+                     st.poll_hits);
+    }
+    controllers.clear();
     for (std::size_t i = 0; i < volumes.size(); ++i) ::unlink(fmt::format("{}/nvme{}.sock", socket_dir, i).c_str());
     return 0;
 }
