@@ -100,6 +100,10 @@ int main(int argc, char** argv) {
         nitro_card::nvme::ControllerConfig cc;
         cc.backend = std::move(*backend);
         cc.volume_limits = spec->limits;
+        if (spec->instance_store) {
+            cc.kind = nitro_card::nvme::VolumeKind::InstanceStore;
+            cc.volume_limits = nitro_card::storage::Limits::unlimited();  // local disks have no EBS caps
+        }
         cc.serial = nitro_card::volume_id_for(spec->ram ? "ram:" + spec->path
                                                         : std::filesystem::absolute(spec->path).string());
         cc.controller_id = static_cast<std::uint16_t>(i + 1);

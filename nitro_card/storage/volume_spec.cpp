@@ -69,6 +69,13 @@ common::Result<VolumeSpec> parse_volume_spec(std::string_view spec) {
         const std::string_view value =
             eq == std::string_view::npos ? std::string_view{} : field.substr(eq + 1);
 
+        if (key == "instance-store") {
+            if (eq != std::string_view::npos)
+                return bad(fmt::format("field 'instance-store' takes no value, got '{}'", field));
+            if (out.instance_store) return bad("field 'instance-store' given twice");
+            out.instance_store = true;
+            continue;
+        }
         if (key == "ram") {
             if (eq != std::string_view::npos)
                 return bad(fmt::format("field 'ram' takes no value, got '{}'", field));

@@ -5,6 +5,8 @@
 //   iops=N|unlimited   I/O operations per second (default: gp3's 3000)
 //   mbps=N|unlimited   MiB per second (default: gp3's 125)
 //   ram                keep the volume in memory; PATH is then only its name
+//   instance-store     an instance-store disk ("Amazon EC2 NVMe Instance Storage") rather than
+//                      an EBS volume
 //
 // PATH may not contain a comma. The parser is a pure function (no file system access), so a
 // fuzzer can call it directly.
@@ -25,6 +27,7 @@ struct VolumeSpec {
     std::optional<std::uint64_t> size_bytes{};
     Limits limits = Limits::gp3();
     bool ram = false;
+    bool instance_store = false;
     bool operator==(const VolumeSpec&) const = default;
 };
 

@@ -597,3 +597,12 @@ TEST_CASE("parse_volume_spec") {
     CHECK(error("").find("empty path") != std::string::npos);
     CHECK(error(",size=1M").find("empty path") != std::string::npos);
 }
+
+TEST_CASE("volume spec: instance-store flag") {
+    auto s = nitro_card::storage::parse_volume_spec("/tmp/local.img,size=8M,instance-store");
+    REQUIRE(s.has_value());
+    CHECK(s->instance_store);
+    CHECK_FALSE(nitro_card::storage::parse_volume_spec("/tmp/a,instance-store=1").has_value());
+    CHECK_FALSE(nitro_card::storage::parse_volume_spec("/tmp/a,instance-store,instance-store").has_value());
+    CHECK_FALSE(nitro_card::storage::parse_volume_spec("/tmp/a.img").value().instance_store);
+}

@@ -19,6 +19,7 @@ public:
     [[nodiscard]] static common::Result<CardProcess> start(const std::string& binary,
                                                            const std::vector<std::string>& volumes,
                                                            const std::string& log_level,
+                                                           unsigned io_queues,
                                                            std::chrono::milliseconds timeout);
     CardProcess(CardProcess&& o) noexcept;
     CardProcess& operator=(CardProcess&&) = delete;

@@ -206,7 +206,8 @@ common::Status KvmMachine::setup_devices() {
 
 common::Status KvmMachine::setup_nitro() {
     if (cfg_.volumes.empty()) return {};
-    auto card = nitro::CardProcess::start(cfg_.card_binary, cfg_.volumes, cfg_.log_level, std::chrono::seconds(10));
+    auto card = nitro::CardProcess::start(cfg_.card_binary, cfg_.volumes, cfg_.log_level, cfg_.vcpus,
+                                          std::chrono::seconds(10));
     if (!card) return fail(std::move(card.error()));
     card_.emplace(std::move(*card));
     for (std::size_t i = 0; i < cfg_.volumes.size(); ++i) {
