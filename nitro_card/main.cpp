@@ -92,6 +92,7 @@ int main(int argc, char** argv) {
         } else {
             nitro_card::storage::FileBackendOptions o;
             o.create_size = spec->size_bytes;
+            o.batch_submissions = true;  // the NVMe worker kicks once per pass
             auto f = nitro_card::storage::FileBackend::open(spec->path, o);
             if (f) backend = std::unique_ptr<nitro_card::storage::BlockBackend>(std::move(*f));
             else backend = common::fail(std::move(f.error()));

@@ -444,10 +444,12 @@ bool IoWorker::serve(Doorbells doorbells) {
     bool more = fetch_all(doorbells);
     pump();
     more = post_all() || more;
+    backend_->kick();  // what this pass submitted goes to the kernel in one system call
     return more;
 }
 
 void IoWorker::wait(int timeout_ms) {
+    backend_->kick();  // nothing may sit unsubmitted while the worker sleeps
     std::array<epoll_event, kMaxEvents> events;
     const int n = ::epoll_wait(epoll_.get(), events.data(), kMaxEvents, timeout_ms);
     if (n < 0) {

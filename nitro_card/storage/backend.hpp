@@ -87,6 +87,11 @@ public:
     // Completion with req.tag is reaped later, whatever the I/O outcome.
     virtual common::Status submit(const Request& req) = 0;
 
+    // Hands requests that submit() queued to the kernel. A backend may hold them back to hand
+    // several over at once (FileBackendOptions::batch_submissions); its user then calls kick()
+    // before it waits on completion_fd(). reap() kicks too.
+    virtual void kick() {}
+
     // Moves up to out.size() finished requests into out and returns how many. Never blocks.
     // Clears completion_fd() and re-arms it if completions remain that did not fit.
     virtual std::size_t reap(std::span<Completion> out) = 0;

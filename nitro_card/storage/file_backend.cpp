@@ -114,6 +114,7 @@ common::Result<std::unique_ptr<FileBackend>> FileBackend::open(const std::string
 
     std::unique_ptr<FileBackend> b(
         new FileBackend(path, std::move(*fd), std::move(*event), *size, options.queue_depth));
+    b->options_batch_ = options.batch_submissions;
     if (options.try_direct) {
         if (auto s = b->setup_direct(); !s) return fail(std::move(s.error()));
     } else {
@@ -229,7 +230,7 @@ common::Status FileBackend::submit(const Request& req) {
             start_allocate(idx);
             break;
     }
-    flush_submissions();
+    if (!options_batch_) flush_submissions();
     if (!ready_.empty()) (void)event_.signal();
     return {};
 }

@@ -37,6 +37,9 @@ struct FileBackendOptions {
     std::uint32_t queue_depth = kDefaultQueueDepth;
     // Try O_DIRECT for aligned requests. False forces buffered I/O for everything.
     bool try_direct = true;
+    // submit() leaves requests in the ring until kick() or reap(): one system call for a batch.
+    // Only for users that call kick() before they wait (the NVMe worker does, once per pass).
+    bool batch_submissions = false;
 };
 
 class FileBackend final : public BlockBackend {
@@ -55,6 +58,7 @@ public:
     common::Status submit(const Request& req) override;
     std::size_t reap(std::span<Completion> out) override;
     [[nodiscard]] int completion_fd() const noexcept override { return event_.fd(); }
+    void kick() override { flush_submissions(); }
 
     [[nodiscard]] const std::string& path() const noexcept { return path_; }
     // True when aligned requests bypass the page cache.
@@ -125,6 +129,7 @@ private:
     std::uint64_t buffered_fallbacks_ = 0;
     std::uint32_t sqes_in_kernel_ = 0;  // queued or submitted, completion not yet seen
     bool unsubmitted_ = false;          // SQEs wait for io_uring_submit
+    bool options_batch_ = false;        // FileBackendOptions::batch_submissions
     common::Mmap zeros_;                // source for zero-fill writes, mapped on first use
     std::vector<Slot> slots_;
     std::vector<std::uint32_t> free_;
