@@ -24,7 +24,6 @@ namespace {
 constexpr std::size_t kFlexHeader = 8;
 constexpr unsigned long kGetSupportedCpuid = _IOWR(KVMIO, 0x05, std::uint64_t);
 constexpr unsigned long kSetCpuid2 = _IOW(KVMIO, 0x90, std::uint64_t);
-constexpr unsigned long kSetMsrs = _IOW(KVMIO, 0x89, std::uint64_t);
 constexpr unsigned long kSetGsiRouting = _IOW(KVMIO, 0x6a, std::uint64_t);
 
 // A buffer holding {u32 count; u32 pad/flags; Entry entries[count]} in the kernel's layout.
@@ -239,22 +238,6 @@ Status KvmVcpu::set_cpuid(const std::vector<kvm_cpuid_entry2>& entries) {
     buf.set_count(static_cast<std::uint32_t>(entries.size()));
     std::memcpy(buf.entries(), entries.data(), entries.size() * sizeof(kvm_cpuid_entry2));
     return check(xioctl(fd_.get(), kSetCpuid2, buf.data()), "KVM_SET_CPUID2");
-}
-
-Status KvmVcpu::set_msrs(const std::vector<std::pair<std::uint32_t, std::uint64_t>>& msrs) {
-    FlexBuffer<kvm_msr_entry> buf(msrs.size());
-    buf.set_count(static_cast<std::uint32_t>(msrs.size()));
-    for (std::size_t i = 0; i < msrs.size(); ++i) {
-        buf.entries()[i] = kvm_msr_entry{};
-        buf.entries()[i].index = msrs[i].first;
-        buf.entries()[i].data = msrs[i].second;
-    }
-    int r = xioctl(fd_.get(), kSetMsrs, buf.data());
-    if (r < 0) return fail(Error::from_errno("KVM_SET_MSRS"));
-    if (static_cast<std::size_t>(r) != msrs.size())
-        return fail(Error::unsupported(fmt::format("KVM_SET_MSRS: MSR {:#x} refused",
-                                                   msrs[static_cast<std::size_t>(r)].first)));
-    return {};
 }
 
 Status KvmVcpu::set_fpu(const kvm_fpu& f) {

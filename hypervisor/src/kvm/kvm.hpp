@@ -90,7 +90,6 @@ public:
     [[nodiscard]] Result<kvm_sregs> get_sregs() const;
     Status set_sregs(const kvm_sregs& s);
     Status set_cpuid(const std::vector<kvm_cpuid_entry2>& entries);
-    Status set_msrs(const std::vector<std::pair<std::uint32_t, std::uint64_t>>& msrs);
     Status set_fpu(const kvm_fpu& f);
     Status set_lapic_lint(bool lint0_extint, bool lint1_nmi);
     // Reads guest-virtual memory through the vCPU's page tables (for error reports).
