@@ -264,7 +264,10 @@ common::Status KvmMachine::setup() {
     if (!rsdp) return fail(std::move(rsdp.error()));
     Result<BootEntry> entry = fail(Error::invalid("unreachable"));
     switch (detect_kernel(kernel)) {
-        case KernelFormat::PvhElf: entry = load_pvh(mem_, kernel, cfg_.cmdline, initrd, *rsdp); break;
+        case KernelFormat::PvhElf:
+            entry = cfg_.elf_is_linux ? load_vmlinux(mem_, kernel, cfg_.cmdline, initrd, *rsdp)
+                                      : load_pvh(mem_, kernel, cfg_.cmdline, initrd, *rsdp);
+            break;
         case KernelFormat::BzImage: entry = load_bzimage(mem_, kernel, cfg_.cmdline, initrd, *rsdp); break;
         case KernelFormat::Unknown:
             return fail(Error::invalid(fmt::format("kernel {}: neither a PVH ELF nor a bzImage", cfg_.kernel)));
