@@ -69,7 +69,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     ring.req_cons = start[0] + (start[1] % (abi::kBlkifRingEntries + 1));
     for (int round = 0; round < 4; ++round) {
         const std::uint32_t rp = ring.req_prod();
-        if (ring::prod_overflow(rp, ring.rsp_prod_pvt, abi::kBlkifRingEntries)) break;
+        if (ring::prod_bogus(rp, ring.req_cons, ring.rsp_prod_pvt, abi::kBlkifRingEntries)) break;
         std::uint32_t budget = abi::kBlkifRingEntries + 1;
         while (ring.req_cons != rp && !ring::cons_overflow(ring.req_cons, ring.rsp_prod_pvt, abi::kBlkifRingEntries)) {
             if (budget-- == 0) __builtin_trap();  // the ring bound must stop the loop

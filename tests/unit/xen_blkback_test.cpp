@@ -16,7 +16,12 @@ TEST_CASE("ring: index arithmetic wraps at 2^32") {
     CHECK_FALSE(ring::prod_overflow(0xfffffff0u + 32, 0xfffffff0u, 32));  // exactly full, wrapped
     CHECK(ring::prod_overflow(0xfffffff0u + 33, 0xfffffff0u, 32));
     CHECK(ring::prod_overflow(0xfffffff0u - 1, 0xfffffff0u, 32));  // behind the responses: bogus
-    CHECK(ring::cons_overflow(32, 0, 32));
+    CHECK_FALSE(ring::prod_bogus(10, 10, 3, 32));
+    CHECK_FALSE(ring::prod_bogus(12, 10, 3, 32));
+    CHECK(ring::prod_bogus(5, 10, 3, 32));   // moved back behind consumed requests
+    CHECK(ring::prod_bogus(36, 10, 3, 32));  // too far ahead
+    CHECK_FALSE(ring::prod_bogus(2, 0xfffffffeu, 0xfffffff0u, 32));
+        CHECK(ring::cons_overflow(32, 0, 32));
     CHECK_FALSE(ring::cons_overflow(31, 0, 32));
     CHECK(ring::cons_overflow(0x10u, 0xfffffff0u, 32));
 }
