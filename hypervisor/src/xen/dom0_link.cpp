@@ -31,7 +31,11 @@ namespace {
 void stop_child(pid_t pid) {
     if (pid <= 0) return;
     int st;
-    if (::waitpid(pid, &st, WNOHANG) == pid) return;
+    // With --exit-when-idle dom0 leaves by itself once our link is closed.
+    for (int i = 0; i < 50; ++i) {
+        if (::waitpid(pid, &st, WNOHANG) == pid) return;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     ::kill(pid, SIGTERM);
     for (int i = 0; i < 100; ++i) {  // up to 2 s for a clean exit
         if (::waitpid(pid, &st, WNOHANG) == pid) return;
