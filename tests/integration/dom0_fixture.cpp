@@ -42,6 +42,7 @@ TempDir::TempDir() {
 }
 
 TempDir::~TempDir() {
+    if (::getenv("DOM0_IT_KEEP") != nullptr) return;  // keep dom0.log and the volumes for a look
     std::error_code ec;
     std::filesystem::remove_all(path_, ec);
 }
