@@ -9,6 +9,7 @@
 #include <map>
 #include <thread>
 
+#include "boot/acpi.hpp"
 #include "boot/layout.hpp"
 #include "boot/memory_map.hpp"
 #include "kvm/cpuid.hpp"
@@ -494,4 +495,25 @@ TEST_CASE("exit decoding: filtered MSR writes and Xen hypercall exits") {
     CHECK(std::holds_alternative<XenHcallExit>(decode_exit(*run, page.size())));
     run->xen.type = 7;
     CHECK(std::holds_alternative<UnknownExit>(decode_exit(*run, page.size())));
+}
+
+TEST_CASE("MADT: processor UID = APIC id = vCPU index (Xen vcpu_id of APs is the ACPI UID)") {
+    constexpr std::uint32_t base = 0xe0000, n = 5;
+    auto t = build_acpi(base, n);
+    std::uint64_t xsdt = 0, madt = 0;
+    std::memcpy(&xsdt, &t[24], 8);
+    std::memcpy(&madt, &t[xsdt - base + 44], 8);
+    std::size_t off = madt - base;
+    REQUIRE(std::string(reinterpret_cast<const char*>(&t[off]), 4) == "APIC");
+    std::uint32_t len = 0;
+    std::memcpy(&len, &t[off + 4], 4);
+    std::uint32_t cpus = 0;
+    for (std::size_t e = off + 44; e + 2 <= off + len; e += t[e + 1]) {
+        REQUIRE(t[e + 1] >= 2);
+        if (t[e] != 0) continue;  // processor local APIC entries only
+        CHECK(t[e + 2] == cpus);  // ACPI processor UID
+        CHECK(t[e + 3] == cpus);  // APIC id
+        ++cpus;
+    }
+    CHECK(cpus == n);
 }
