@@ -1,0 +1,147 @@
+#include "io_path.hpp"
+
+#include <algorithm>
+
+namespace hostsim {
+
+void NitroCard::request(int id, tlm::tlm_generic_payload& gp) {
+    const IoExtension& io = io_of(gp);
+    const Ps admitted = admit(id, io.bytes);
+    const double kib = io.bytes / 1024.0;
+    const Ps submit_cost = us_to_ps(cal_.card_us_per_io * 0.5 + cal_.card_us_per_kib * kib);
+    const Ps complete_cost = us_to_ps(cal_.card_us_per_io * 0.5);
+    const Ps transfer = us_to_ps(cal_.pcie_us + io.bytes / (cal_.dma_gbps * 1e3));  // GB/s = 1e3 B/us
+    timeline_.at(admitted + us_to_ps(cal_.nitro_notify_us), [=, this, &gp] {
+        cores_.submit(Job{submit_cost, Owner::Card, {}, [=, this, &gp] {
+                              timeline_.after(transfer + storage_latency(id), [=, this, &gp] {
+                                  cores_.submit(Job{complete_cost, Owner::Card, {}, [=, this, &gp] {
+                                                        const bool poll = instance(id).config().workload.poll;
+                                                        timeline_.after(poll ? 0 : us_to_ps(cal_.irq_us),
+                                                                        [=, this, &gp] { respond(id, gp); });
+                                                    }});
+                              });
+                          }});
+    });
+}
+
+void XenDom0::request(int id, tlm::tlm_generic_payload& gp) {
+    rings_[static_cast<std::size_t>(id)].pending.push_back(&gp);
+    push_to_ring(id);
+}
+
+// blkfront puts requests on the ring while it has free slots; one notify covers every request
+// pushed while blkback sleeps (the ring's req_event protocol).
+void XenDom0::push_to_ring(int id) {
+    Ring& r = rings_[static_cast<std::size_t>(id)];
+    while (r.inflight < cal_.ring_slots && !r.pending.empty()) {
+        tlm::tlm_generic_payload* gp = r.pending.front();
+        r.pending.pop_front();
+        ++r.inflight;
+        if (Timeline::now() >= warmup_) {
+            auto& st = instance(id).stats();
+            st.max_ring_inflight = std::max(st.max_ring_inflight, r.inflight);
+        }
+        const bool asleep = !r.running && r.tasks.empty();
+        if (!asleep) {
+            r.tasks.push_back(Task{false, gp, false});
+            continue;
+        }
+        if (r.notify_in_flight) {
+            r.tasks.push_back(Task{false, gp, false});
+            continue;
+        }
+        // Event-channel send: a hypercall on the guest's vCPU, then the hop to dom0.
+        r.notify_in_flight = true;
+        instance(id).vcpus().submit(Job{us_to_ps(cal_.hypercall_us), Owner::Hypervisor, {}, [this, id, gp] {
+                                            timeline_.after(us_to_ps(cal_.evtchn_hop_us), [this, id, gp] {
+                                                Ring& ring = rings_[static_cast<std::size_t>(id)];
+                                                ring.notify_in_flight = false;
+                                                enqueue(id, Task{false, gp, true});
+                                            });
+                                        }});
+    }
+}
+
+void XenDom0::enqueue(int id, Task task) {
+    Ring& r = rings_[static_cast<std::size_t>(id)];
+    // A woken thread finds the requests pushed while the notify travelled at the head of the ring.
+    if (task.woke && !r.tasks.empty()) {
+        r.tasks.push_front(task);
+    } else {
+        r.tasks.push_back(task);
+    }
+    run_thread(id);
+}
+
+// One blkback thread per ring: it runs its tasks one at a time on whichever dom0 vCPU is free.
+void XenDom0::run_thread(int id) {
+    Ring& r = rings_[static_cast<std::size_t>(id)];
+    if (r.running || r.tasks.empty()) return;
+    r.running = true;
+    Task task = r.tasks.front();
+    r.tasks.pop_front();
+    vcpus_.submit(Job{0, Owner::Dom0, [this, task](Ps start, unsigned) { return task_cost(task, start); },
+                      [this, id, task] {
+                          rings_[static_cast<std::size_t>(id)].running = false;
+                          after_task(id, task);
+                          run_thread(id);
+                      }});
+}
+
+// The task's dom0 CPU time, including spinning for the grant lock. Unmap flushes the TLB of every
+// dom0 vCPU that ran the backend within the window, one IPI each, while holding the lock.
+Ps XenDom0::task_cost(const Task& task, Ps start) {
+    const IoExtension& io = io_of(*task.gp);
+    const double pages = pages_of(io.bytes);
+    const double kib = io.bytes / 1024.0;
+    Ps before = task.woke ? us_to_ps(cal_.dom0_wake_us) : 0;
+    Ps after = 0;
+    Ps hold = 0;
+    bool locked = false;
+    if (!task.complete) {
+        before += us_to_ps(cal_.blkback_req_us);
+        if (cal_.persistent_grants) {
+            if (io.write) after += us_to_ps(cal_.copy_us_per_kib * kib);
+        } else {
+            before += us_to_ps(cal_.grant_map_us * pages);
+            hold = us_to_ps(cal_.grant_lock_us);
+            locked = true;
+        }
+    } else {
+        after += us_to_ps(cal_.blkback_complete_us + cal_.hypercall_us);
+        if (cal_.persistent_grants) {
+            if (!io.write) before += us_to_ps(cal_.copy_us_per_kib * kib);
+        } else {
+            before += us_to_ps(cal_.grant_unmap_us * pages);
+            const unsigned active = vcpus_.recently_active(us_to_ps(cal_.tlb_window_us));
+            const unsigned others = active > 0 ? active - 1 : 0;
+            hold = us_to_ps(cal_.grant_lock_us + cal_.tlb_ipi_us * others);
+            locked = true;
+        }
+    }
+    if (!locked) return before + after;
+    const Ps want = start + before;
+    const Ps acquire = std::max(want, lock_free_at_);
+    lock_free_at_ = acquire + hold;
+    return (acquire - start) + hold + after;
+}
+
+void XenDom0::after_task(int id, const Task& task) {
+    tlm::tlm_generic_payload* gp = task.gp;
+    if (!task.complete) {
+        const Ps admitted = admit(id, io_of(*gp).bytes);
+        timeline_.at(admitted + storage_latency(id), [this, id, gp] { enqueue(id, Task{true, gp, false}); });
+        return;
+    }
+    // Response pushed and the guest notified: the hop back, then the upcall on the guest's vCPU,
+    // where blkfront consumes the response and frees the slot.
+    timeline_.after(us_to_ps(cal_.evtchn_hop_us), [this, id, gp] {
+        instance(id).vcpus().submit(Job{us_to_ps(cal_.xen_upcall_us), Owner::Guest, {}, [this, id, gp] {
+                                            --rings_[static_cast<std::size_t>(id)].inflight;
+                                            respond(id, *gp);
+                                            push_to_ring(id);
+                                        }});
+    });
+}
+
+}  // namespace hostsim
