@@ -36,12 +36,12 @@ struct Calibration {
     double evtchn_hop_us = 3.0;       // event-channel send through the hypervisor to the other side
     double hypercall_us = 0.7;        // one hypercall (event-channel send, grant op entry)
     double grant_setup_us = 0.2;      // frontend grant-table entry per page
-    double blkback_req_us = 2.0;      // blkback per request: ring parse, bio build and submit
-    double blkback_complete_us = 1.5; // blkback per response: ring push
+    double blkback_req_us = 1.2;      // blkback per request: ring parse, bio build and submit
+    double blkback_complete_us = 1.0; // blkback per response: ring push
     double grant_map_us = 1.0;        // map per page (hypercall body)
     double grant_unmap_us = 1.0;      // unmap per page (hypercall body)
-    double grant_lock_us = 0.58;      // grant-table lock hold per map/unmap batch (serialises dom0)
-    double tlb_ipi_us = 0.19;         // per dom0 vCPU flushed on unmap, inside the lock
+    double grant_lock_us = 0.386;     // grant-table lock hold per map/unmap batch (serialises dom0)
+    double tlb_ipi_us = 0.192;        // per dom0 vCPU flushed on unmap, inside the lock
     double tlb_window_us = 1000.0;    // a dom0 vCPU that ran blkback within this window is flushed
     double copy_us_per_kib = 0.1;     // persistent grants: copy cost per KiB
     bool persistent_grants = false;
@@ -74,6 +74,7 @@ struct InstanceType {
     int vcpus = 2;
     std::uint64_t ebs_iops_base = 0, ebs_iops_max = 0;  // 0: no limit
     double ebs_mbps_base = 0, ebs_mbps_max = 0;         // megabits per second; 0: no limit
+    std::uint64_t store_read_iops = 0, store_write_iops = 0;  // instance-store NVMe capacity; 0: none
 };
 
 struct InstanceConfig {

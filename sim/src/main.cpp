@@ -37,7 +37,12 @@ int run_plot(const std::string& python, const std::string& script, const std::st
 
 }  // namespace
 
-int sc_main(int argc, char** argv) {
+// libsystemc brings a main() that prints a banner and calls sc_main; hostsim has its own main
+// (simulations run in child processes, see runner.hpp), so sc_main is only there to link.
+extern "C" int sc_main(int, char**) { return 0; }
+
+int main(int argc, char** argv) {
+    setenv("SYSTEMC_DISABLE_COPYRIGHT_MESSAGE", "1", 0);
     CLI::App app{"hostsim: SystemC model of an EC2 host, Nitro card against Xen dom0 I/O"};
     std::string scenario, out_dir, validate_path, python = "/usr/bin/python3", plot_script = HOSTSIM_PLOT_SCRIPT;
     hostsim::Overrides ov;

@@ -146,7 +146,7 @@ Result<std::map<std::string, InstanceType>> load_types(const std::string& path) 
         return fail(Error::invalid(fmt::format("{}: /types: must be an object", path)));
     for (const auto& [name, v] : doc->at("types").items()) {
         const std::string where = "/types/" + name;
-        Reader r(v, where, {"vcpus", "ebs_iops", "ebs_mbps", "note"});
+        Reader r(v, where, {"vcpus", "ebs_iops", "ebs_mbps", "instance_store_iops", "note"});
         InstanceType t;
         t.name = name;
         auto st = r.check_object();
@@ -164,6 +164,15 @@ Result<std::map<std::string, InstanceType>> load_types(const std::string& path) 
         };
         if (st) st = pair("ebs_iops", t.ebs_iops_base, t.ebs_iops_max);
         if (st) st = pair("ebs_mbps", t.ebs_mbps_base, t.ebs_mbps_max);
+        if (st && v.contains("instance_store_iops")) {
+            const json& a = v.at("instance_store_iops");
+            if (!a.is_array() || a.size() != 2 || !a[0].is_number_unsigned() || !a[1].is_number_unsigned())
+                st = fail(Error::invalid(fmt::format("{}/instance_store_iops: must be [read, write]", where)));
+            else {
+                t.store_read_iops = a[0].get<std::uint64_t>();
+                t.store_write_iops = a[1].get<std::uint64_t>();
+            }
+        }
         if (!st) return fail(std::move(st.error()).context(path));
         types.emplace(name, t);
     }

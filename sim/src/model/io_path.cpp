@@ -6,7 +6,7 @@ namespace hostsim {
 
 void NitroCard::request(int id, tlm::tlm_generic_payload& gp) {
     const IoExtension& io = io_of(gp);
-    const Ps admitted = admit(id, io.bytes);
+    const Ps admitted = admit(id, io.bytes, io.write);
     const double kib = io.bytes / 1024.0;
     const Ps submit_cost = us_to_ps(cal_.card_us_per_io * 0.5 + cal_.card_us_per_kib * kib);
     const Ps complete_cost = us_to_ps(cal_.card_us_per_io * 0.5);
@@ -129,7 +129,7 @@ Ps XenDom0::task_cost(const Task& task, Ps start) {
 void XenDom0::after_task(int id, const Task& task) {
     tlm::tlm_generic_payload* gp = task.gp;
     if (!task.complete) {
-        const Ps admitted = admit(id, io_of(*gp).bytes);
+        const Ps admitted = admit(id, io_of(*gp).bytes, io_of(*gp).write);
         timeline_.at(admitted + storage_latency(id), [this, id, gp] { enqueue(id, Task{true, gp, false}); });
         return;
     }

@@ -54,10 +54,10 @@ protected:
     // Applies the instance's EBS limits; returns the admission time. Throttled time is the time
     // during which at least one of the instance's I/Os waited for tokens (the union of the waits:
     // arrivals and admissions are both in time order, so the union grows at its end only).
-    Ps admit(int id, std::uint32_t bytes) {
+    Ps admit(int id, std::uint32_t bytes, bool write) {
         const auto i = static_cast<std::size_t>(id);
         const Ps now = Timeline::now();
-        const Ps t = limits_[i]->admit(now, bytes);
+        const Ps t = limits_[i]->admit(now, bytes, write);
         Ps& until = throttled_until_[i];
         const Ps from = std::max({now, until, warmup_});
         if (t > from) instances_[i]->stats().throttled += t - from;

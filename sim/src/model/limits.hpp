@@ -1,6 +1,7 @@
 // An instance's EBS limits as the card (or dom0) enforces them: IOPS and bandwidth, each a peak
 // bucket (the type's maximum) and a sustained bucket (the baseline, with burst credits worth
-// 30 minutes at the maximum, as EC2 documents for types quoted as baseline/maximum).
+// 30 minutes at the maximum, as EC2 documents for types quoted as baseline/maximum). Instance-store
+// volumes have no EBS limits but the device's own read and write IOPS.
 #pragma once
 
 #include <algorithm>
@@ -19,16 +20,21 @@ public:
           bw_peak_(make_peak(c.limits && c.volume == Volume::Ebs ? bytes_per_s(c.type.ebs_mbps_max) : 0,
                              1u << 20)),
           bw_sustained_(make_sustained(c, bytes_per_s(c.type.ebs_mbps_base),
-                                       bytes_per_s(c.type.ebs_mbps_max))) {}
+                                       bytes_per_s(c.type.ebs_mbps_max))),
+          store_read_(make_peak(c.volume == Volume::InstanceStore ? c.type.store_read_iops : 0, 1)),
+          store_write_(make_peak(c.volume == Volume::InstanceStore ? c.type.store_write_iops : 0, 1)) {}
 
     // Admission time of an I/O of `bytes` arriving at `now`, in arrival order (FIFO: an I/O never
     // overtakes an earlier one of the same instance). Takes the tokens.
-    Ps admit(Ps now, std::uint32_t bytes) {
+    Ps admit(Ps now, std::uint32_t bytes, bool write) {
         Ps t = std::max(now, last_admit_);
+        TokenBucket& store = write ? store_write_ : store_read_;
+        t = std::max(t, store.available_at(t, 1));
         t = std::max(t, iops_peak_.available_at(t, 1));
         t = std::max(t, iops_sustained_.available_at(t, 1));
         t = std::max(t, bw_peak_.available_at(t, bytes));
         t = std::max(t, bw_sustained_.available_at(t, bytes));
+        store.take(t, 1);
         iops_peak_.take(t, 1);
         iops_sustained_.take(t, 1);
         bw_peak_.take(t, bytes);
@@ -50,6 +56,7 @@ private:
     }
 
     TokenBucket iops_peak_, iops_sustained_, bw_peak_, bw_sustained_;
+    TokenBucket store_read_, store_write_;  // the local NVMe device's own capacity
     Ps last_admit_ = 0;
 };
 

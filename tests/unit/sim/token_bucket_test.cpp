@@ -66,7 +66,7 @@ TEST_CASE("instance limits: burst credits give the maximum, none give the baseli
     auto admitted_in_one_second = [](InstanceLimits& l) {
         int n = 0;
         for (;;) {
-            const Ps t = l.admit(0, 4096);
+            const Ps t = l.admit(0, 4096, false);
             if (t > kPsPerS) return n;
             ++n;
         }
@@ -79,5 +79,5 @@ TEST_CASE("instance limits: burst credits give the maximum, none give the baseli
     CHECK(admitted_in_one_second(burst) == 18750 + 187);  // the peak bucket's 10 ms depth, then the rate
     c.limits = false;
     InstanceLimits none(c);
-    CHECK(none.admit(5, 4096) == 5);
+    CHECK(none.admit(5, 4096, false) == 5);
 }
