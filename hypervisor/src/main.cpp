@@ -111,6 +111,7 @@ int main(int argc, char** argv) {
         cfg.initrd = initrd.empty() && kernel.empty() ? (base / "images" / "initramfs.cpio.gz").string() : initrd;
         cfg.cmdline = cmdline.empty() ? kLinuxCmdline : cmdline;
         if (!args->empty()) cfg.cmdline += " -- " + *args;
+        cfg.elf_is_linux = true;
     }
     if (!fs::is_regular_file(cfg.kernel))
         return usage_error(fmt::format("kernel {} does not exist or is not a file", cfg.kernel));

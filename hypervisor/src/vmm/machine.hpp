@@ -16,6 +16,9 @@ namespace hypervisor {
 
 struct MachineConfig {
     std::string kernel;      // PVH ELF or bzImage
+    // How an ELF kernel is entered: through its PVH note (the probe), or, for a Linux vmlinux,
+    // at startup_64 with boot_params (load_vmlinux), which keeps Linux on its HVM path.
+    bool elf_is_linux = false;
     std::string initrd;      // optional
     std::string cmdline;
     std::uint32_t vcpus = 1;
