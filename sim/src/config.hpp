@@ -33,6 +33,8 @@ struct Calibration {
     double exit_us = 5.0;             // cost of one exit handled in the vmm (host core)
     // Xen split driver (blkfront/blkback).
     int ring_slots = 32;              // single-page blkif ring
+    int xen_batch = 32;               // blkback tasks done per turn on a dom0 vCPU
+    int xen_max_rings = 1;            // blkfront multi-queue: rings per device (one per vCPU, at most this)
     double evtchn_hop_us = 3.0;       // event-channel send through the hypervisor to the other side
     double hypercall_us = 0.7;        // one hypercall (event-channel send, grant op entry)
     double grant_setup_us = 0.2;      // frontend grant-table entry per page
@@ -40,8 +42,8 @@ struct Calibration {
     double blkback_complete_us = 1.0; // blkback per response: ring push
     double grant_map_us = 1.0;        // map per page (hypercall body)
     double grant_unmap_us = 1.0;      // unmap per page (hypercall body)
-    double grant_lock_us = 0.386;     // grant-table lock hold per map/unmap batch (serialises dom0)
-    double tlb_ipi_us = 0.192;        // per dom0 vCPU flushed on unmap, inside the lock
+    double grant_lock_us = 0.30;      // grant-table lock hold per map/unmap batch (serialises dom0)
+    double tlb_ipi_us = 0.15;         // per dom0 vCPU flushed on unmap, inside the lock
     double tlb_window_us = 1000.0;    // a dom0 vCPU that ran blkback within this window is flushed
     double copy_us_per_kib = 0.1;     // persistent grants: copy cost per KiB
     bool persistent_grants = false;

@@ -302,6 +302,18 @@ Status apply_calibration(const json& params, Calibration& cal, const std::string
             cal.ring_slots = v.get<int>();
             known = true;
         }
+        if (key == "xen_batch") {
+            if (!v.is_number_integer() || v.get<long long>() < 1 || v.get<long long>() > 4096)
+                return fail(Error::invalid(fmt::format("{}: must be an integer in [1, 4096]", at)));
+            cal.xen_batch = v.get<int>();
+            known = true;
+        }
+        if (key == "xen_max_rings") {
+            if (!v.is_number_integer() || v.get<long long>() < 1 || v.get<long long>() > 256)
+                return fail(Error::invalid(fmt::format("{}: must be an integer in [1, 256]", at)));
+            cal.xen_max_rings = v.get<int>();
+            known = true;
+        }
         if (key == "persistent_grants") {
             if (!v.is_boolean()) return fail(Error::invalid(fmt::format("{}: must be true or false", at)));
             cal.persistent_grants = v.get<bool>();

@@ -1,6 +1,7 @@
 #include "io_path.hpp"
 
 #include <algorithm>
+#include <memory>
 
 namespace hostsim {
 
@@ -25,14 +26,17 @@ void NitroCard::request(int id, tlm::tlm_generic_payload& gp) {
 }
 
 void XenDom0::request(int id, tlm::tlm_generic_payload& gp) {
-    rings_[static_cast<std::size_t>(id)].pending.push_back(&gp);
-    push_to_ring(id);
+    const auto i = static_cast<std::size_t>(id);
+    const std::size_t ring = first_ring_[i] + static_cast<std::size_t>(io_of(gp).slot % ring_count_[i]);
+    rings_[ring].pending.push_back(&gp);
+    push_to_ring(ring);
 }
 
 // blkfront puts requests on the ring while it has free slots; one notify covers every request
 // pushed while blkback sleeps (the ring's req_event protocol).
-void XenDom0::push_to_ring(int id) {
-    Ring& r = rings_[static_cast<std::size_t>(id)];
+void XenDom0::push_to_ring(std::size_t ring) {
+    Ring& r = rings_[ring];
+    const int id = r.instance;
     while (r.inflight < cal_.ring_slots && !r.pending.empty()) {
         tlm::tlm_generic_payload* gp = r.pending.front();
         r.pending.pop_front();
@@ -42,49 +46,57 @@ void XenDom0::push_to_ring(int id) {
             st.max_ring_inflight = std::max(st.max_ring_inflight, r.inflight);
         }
         const bool asleep = !r.running && r.tasks.empty();
-        if (!asleep) {
-            r.tasks.push_back(Task{false, gp, false});
-            continue;
-        }
-        if (r.notify_in_flight) {
+        if (!asleep || r.notify_in_flight) {
             r.tasks.push_back(Task{false, gp, false});
             continue;
         }
         // Event-channel send: a hypercall on the guest's vCPU, then the hop to dom0.
         r.notify_in_flight = true;
-        instance(id).vcpus().submit(Job{us_to_ps(cal_.hypercall_us), Owner::Hypervisor, {}, [this, id, gp] {
-                                            timeline_.after(us_to_ps(cal_.evtchn_hop_us), [this, id, gp] {
-                                                Ring& ring = rings_[static_cast<std::size_t>(id)];
-                                                ring.notify_in_flight = false;
-                                                enqueue(id, Task{false, gp, true});
+        instance(id).vcpus().submit(Job{us_to_ps(cal_.hypercall_us), Owner::Hypervisor, {}, [this, ring, gp] {
+                                            timeline_.after(us_to_ps(cal_.evtchn_hop_us), [this, ring, gp] {
+                                                rings_[ring].notify_in_flight = false;
+                                                enqueue(ring, Task{false, gp, true});
                                             });
                                         }});
     }
 }
 
-void XenDom0::enqueue(int id, Task task) {
-    Ring& r = rings_[static_cast<std::size_t>(id)];
+void XenDom0::enqueue(std::size_t ring, Task task) {
+    Ring& r = rings_[ring];
     // A woken thread finds the requests pushed while the notify travelled at the head of the ring.
     if (task.woke && !r.tasks.empty()) {
         r.tasks.push_front(task);
     } else {
         r.tasks.push_back(task);
     }
-    run_thread(id);
+    run_thread(ring);
 }
 
-// One blkback thread per ring: it runs its tasks one at a time on whichever dom0 vCPU is free.
-void XenDom0::run_thread(int id) {
-    Ring& r = rings_[static_cast<std::size_t>(id)];
+// One blkback thread per ring: once on a dom0 vCPU it works through what its ring has queued (up
+// to xen_batch tasks) before it gives the vCPU up, as blkback's loop does; each task's effects
+// happen when that task is done.
+void XenDom0::run_thread(std::size_t ring) {
+    Ring& r = rings_[ring];
     if (r.running || r.tasks.empty()) return;
     r.running = true;
-    Task task = r.tasks.front();
-    r.tasks.pop_front();
-    vcpus_.submit(Job{0, Owner::Dom0, [this, task](Ps start, unsigned) { return task_cost(task, start); },
-                      [this, id, task] {
-                          rings_[static_cast<std::size_t>(id)].running = false;
-                          after_task(id, task);
-                          run_thread(id);
+    auto batch = std::make_shared<std::vector<Task>>();
+    const auto limit = static_cast<std::size_t>(std::max(1, cal_.xen_batch));
+    while (!r.tasks.empty() && batch->size() < limit) {
+        batch->push_back(r.tasks.front());
+        r.tasks.pop_front();
+    }
+    vcpus_.submit(Job{0, Owner::Dom0,
+                      [this, ring, batch](Ps start, unsigned) {
+                          Ps t = start;
+                          for (const Task& task : *batch) {
+                              t += task_cost(task, t);
+                              timeline_.at(t, [this, ring, task] { after_task(ring, task); });
+                          }
+                          return t - start;
+                      },
+                      [this, ring] {
+                          rings_[ring].running = false;
+                          run_thread(ring);
                       }});
 }
 
@@ -120,26 +132,25 @@ Ps XenDom0::task_cost(const Task& task, Ps start) {
         }
     }
     if (!locked) return before + after;
-    const Ps want = start + before;
-    const Ps acquire = std::max(want, lock_free_at_);
-    lock_free_at_ = acquire + hold;
+    const Ps acquire = grant_lock_.acquire(start + before, hold, Timeline::now());
     return (acquire - start) + hold + after;
 }
 
-void XenDom0::after_task(int id, const Task& task) {
+void XenDom0::after_task(std::size_t ring, const Task& task) {
     tlm::tlm_generic_payload* gp = task.gp;
+    const int id = rings_[ring].instance;
     if (!task.complete) {
         const Ps admitted = admit(id, io_of(*gp).bytes, io_of(*gp).write);
-        timeline_.at(admitted + storage_latency(id), [this, id, gp] { enqueue(id, Task{true, gp, false}); });
+        timeline_.at(admitted + storage_latency(id), [this, ring, gp] { enqueue(ring, Task{true, gp, false}); });
         return;
     }
     // Response pushed and the guest notified: the hop back, then the upcall on the guest's vCPU,
     // where blkfront consumes the response and frees the slot.
-    timeline_.after(us_to_ps(cal_.evtchn_hop_us), [this, id, gp] {
-        instance(id).vcpus().submit(Job{us_to_ps(cal_.xen_upcall_us), Owner::Guest, {}, [this, id, gp] {
-                                            --rings_[static_cast<std::size_t>(id)].inflight;
+    timeline_.after(us_to_ps(cal_.evtchn_hop_us), [this, ring, id, gp] {
+        instance(id).vcpus().submit(Job{us_to_ps(cal_.xen_upcall_us), Owner::Guest, {}, [this, ring, id, gp] {
+                                            --rings_[ring].inflight;
                                             respond(id, *gp);
-                                            push_to_ring(id);
+                                            push_to_ring(ring);
                                         }});
     });
 }

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -106,6 +107,29 @@ private:
     CpuPool cores_;
 };
 
+// dom0's grant-table lock as the intervals it is held. A blkback batch books its tasks' holds ahead
+// of time, so a later request may take a gap between them; a request spins (busy on its vCPU)
+// from when it wants the lock to the first gap long enough for its hold.
+class LockTimeline final {
+public:
+    // Books the earliest interval [t, t + hold) with t >= want that overlaps no booking; returns t.
+    Ps acquire(Ps want, Ps hold, Ps now) {
+        while (!held_.empty() && held_.begin()->second <= now) held_.erase(held_.begin());
+        Ps t = want;
+        auto it = held_.upper_bound(t);
+        if (it != held_.begin() && std::prev(it)->second > t) t = std::prev(it)->second;
+        while (it != held_.end() && it->first < t + hold) {
+            t = std::max(t, it->second);
+            ++it;
+        }
+        if (hold > 0) held_.emplace(t, t + hold);
+        return t;
+    }
+
+private:
+    std::map<Ps, Ps> held_;  // start -> end, disjoint
+};
+
 // The Xen split block driver: blkfront's single-page ring (32 requests), event channels through
 // the hypervisor, one blkback thread per ring on dom0's vCPUs, grant map/unmap under dom0's grant
 // lock with a TLB-shootdown IPI to each dom0 vCPU that ran the backend recently.
@@ -113,9 +137,20 @@ class XenDom0 final : public IoPath {
 public:
     XenDom0(const sc_core::sc_module_name& name, const RunConfig& run, std::uint64_t seed)
         : IoPath(name, run, seed), vcpus_(timeline_, static_cast<unsigned>(run.host.dom0_vcpus), warmup_) {}
+    // blkfront with multi-queue (Linux >= 4.3) opens one ring per vCPU, up to the calibration's
+    // xen_max_rings; each ring has its own blkback thread.
     void attach(std::vector<Instance*> instances) override {
         IoPath::attach(std::move(instances));
-        rings_.resize(instances_.size());
+        for (std::size_t i = 0; i < instances_.size(); ++i) {
+            const int n = std::max(1, std::min(instances_[i]->config().type.vcpus, cal_.xen_max_rings));
+            first_ring_.push_back(rings_.size());
+            ring_count_.push_back(n);
+            for (int k = 0; k < n; ++k) {
+                Ring r;
+                r.instance = static_cast<int>(i);
+                rings_.push_back(std::move(r));
+            }
+        }
     }
     CpuPool& vcpus() { return vcpus_; }
 
@@ -126,6 +161,7 @@ private:
         bool woke = false;      // the thread was asleep and woken by an event-channel notify
     };
     struct Ring {
+        int instance = 0;
         int inflight = 0;       // requests on the shared ring (slots not yet freed by blkfront)
         std::deque<tlm::tlm_generic_payload*> pending;  // blkfront's queue when the ring is full
         std::deque<Task> tasks; // blkback's work
@@ -134,15 +170,17 @@ private:
     };
 
     void request(int id, tlm::tlm_generic_payload& gp) override;
-    void push_to_ring(int id);
-    void enqueue(int id, Task task);
-    void run_thread(int id);
+    void push_to_ring(std::size_t ring);
+    void enqueue(std::size_t ring, Task task);
+    void run_thread(std::size_t ring);
     Ps task_cost(const Task& task, Ps start);
-    void after_task(int id, const Task& task);
+    void after_task(std::size_t ring, const Task& task);
 
     CpuPool vcpus_;
-    std::vector<Ring> rings_;
-    Ps lock_free_at_ = 0;
+    std::vector<Ring> rings_;               // all instances' rings
+    std::vector<std::size_t> first_ring_;   // per instance: its first ring in rings_
+    std::vector<int> ring_count_;
+    LockTimeline grant_lock_;
 };
 
 }  // namespace hostsim
