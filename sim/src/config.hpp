@@ -23,7 +23,10 @@ struct Calibration {
     double guest_complete_us = 1.0;   // completion handling (guest vCPU)
     double guest_irq_us = 1.5;        // interrupt entry and exit when completions are not polled
     // Nitro card.
-    double nitro_notify_us = 1.0;     // doorbell to card thread (polled shadow doorbell or ioeventfd)
+    double nitro_notify_us = 1.0;     // waking an idle card worker (doorbell or backend completion), median
+    double nitro_notify_p99_us = 0.0; // its 99th percentile (log-normal); <= the median: fixed
+    double host_cpu_share = 1.0;      // card_on_host: share of a CPU the emulator's threads get (a shared machine)
+    double card_poll_us = 0.0;        // the worker stays awake (polls) this long after its last job
     double card_us_per_io = 1.5;      // card CPU per I/O (submission + completion)
     double card_us_per_kib = 0.02;    // card CPU per KiB moved
     double pcie_us = 1.0;             // PCIe round trip for the command and the completion

@@ -34,6 +34,7 @@ public:
     }
 
     unsigned processors() const { return static_cast<unsigned>(last_run_.size()); }
+    unsigned running() const { return processors() - static_cast<unsigned>(free_.size()); }
 
     void submit(Job job) {
         if (free_.empty()) {

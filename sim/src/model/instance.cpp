@@ -17,7 +17,8 @@ Instance::Instance(const sc_core::sc_module_name& name, int id, const InstanceCo
       rng_(seed),
       warmup_(static_cast<Ps>(run.warmup_s * static_cast<double>(kPsPerS))),
       end_(static_cast<Ps>(run.duration_s * static_cast<double>(kPsPerS))),
-      vcpus_(timeline_, static_cast<unsigned>(cfg.type.vcpus), warmup_) {
+      vcpus_(timeline_, static_cast<unsigned>(cfg.type.vcpus), warmup_),
+      slow_(run.host.card_on_host ? 1.0 / run.cal.host_cpu_share : 1.0) {
     socket.register_nb_transport_bw(this, &Instance::nb_transport_bw);
     for (int s = 0; s < cfg_.workload.qd; ++s) {
         auto gp = std::make_unique<tlm::tlm_generic_payload>();
@@ -83,8 +84,8 @@ void Instance::send(int slot) {
     ++outstanding_;
     if (now >= warmup_) stats_.max_outstanding = std::max(stats_.max_outstanding, outstanding_);
 
-    Ps cost = us_to_ps(cal_.guest_submit_us);
-    if (model_ == IoModel::Xen) cost += us_to_ps(cal_.grant_setup_us * pages_of(w.bs));
+    Ps cost = us_to_ps(cal_.guest_submit_us * slow_);
+    if (model_ == IoModel::Xen) cost += us_to_ps(cal_.grant_setup_us * pages_of(w.bs) * slow_);
     vcpus_.submit(Job{cost, Owner::Guest, {}, [this, &gp] {
                           tlm::tlm_phase phase = tlm::BEGIN_REQ;
                           sc_core::sc_time delay = sc_core::SC_ZERO_TIME;
@@ -102,7 +103,7 @@ void Instance::send(int slot) {
 
 tlm::tlm_sync_enum Instance::nb_transport_bw(tlm::tlm_generic_payload& gp, tlm::tlm_phase& phase, sc_core::sc_time&) {
     if (phase != tlm::BEGIN_RESP) return tlm::TLM_ACCEPTED;
-    Ps cost = us_to_ps(cal_.guest_complete_us);
+    Ps cost = us_to_ps(cal_.guest_complete_us * slow_);
     if (model_ == IoModel::Nitro && !cfg_.workload.poll) cost += us_to_ps(cal_.guest_irq_us);
     vcpus_.submit(Job{cost, Owner::Guest, {}, [this, &gp] { completed(gp); }});
     phase = tlm::END_RESP;

@@ -46,6 +46,7 @@ private:
     Rng rng_;
     Ps warmup_, end_;
     CpuPool vcpus_;
+    double slow_;  // 1 / the CPU share of the emulator's threads (card_on_host), else 1
     std::vector<std::unique_ptr<tlm::tlm_generic_payload>> payloads_;
     Ps next_rate_slot_ = 0;
     std::uint64_t seq_offset_ = 0;

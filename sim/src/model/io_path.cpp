@@ -5,23 +5,50 @@
 
 namespace hostsim {
 
+Ps NitroCard::ready_at(Ps t) {
+    if (cores_.running() > 0 || t <= awake_until_) return t;
+    if (t < wake_at_) return wake_at_;
+    const double us = cal_.nitro_notify_p99_us > cal_.nitro_notify_us
+                          ? rng_.lognormal_median_p99(cal_.nitro_notify_us, cal_.nitro_notify_p99_us)
+                          : cal_.nitro_notify_us;
+    wake_at_ = t + us_to_ps(us);
+    return wake_at_;
+}
+
+void NitroCard::run_when_ready(Job job) {
+    const Ps poll = us_to_ps(cal_.card_poll_us);
+    job.done = [this, poll, done = std::move(job.done)] {
+        awake_until_ = std::max(awake_until_, Timeline::now() + poll);
+        if (done) done();
+    };
+    const Ps now = Timeline::now();
+    const Ps ready = ready_at(now);
+    if (ready <= now) {
+        cores_.submit(std::move(job));
+    } else {
+        timeline_.at(ready, [this, job = std::move(job)]() mutable { cores_.submit(std::move(job)); });
+    }
+}
+
 void NitroCard::request(int id, tlm::tlm_generic_payload& gp) {
     const IoExtension& io = io_of(gp);
     const Ps admitted = admit(id, io.bytes, io.write);
     const double kib = io.bytes / 1024.0;
-    const Ps submit_cost = us_to_ps(cal_.card_us_per_io * 0.5 + cal_.card_us_per_kib * kib);
-    const Ps complete_cost = us_to_ps(cal_.card_us_per_io * 0.5);
+    // On the emulator the card's worker shares the machine's CPUs: its work takes longer by 1/share.
+    const double slow = run_.host.card_on_host ? 1.0 / cal_.host_cpu_share : 1.0;
+    const Ps submit_cost = us_to_ps((cal_.card_us_per_io * 0.5 + cal_.card_us_per_kib * kib) * slow);
+    const Ps complete_cost = us_to_ps(cal_.card_us_per_io * 0.5 * slow);
     const Ps transfer = us_to_ps(cal_.pcie_us + io.bytes / (cal_.dma_gbps * 1e3));  // GB/s = 1e3 B/us
-    timeline_.at(admitted + us_to_ps(cal_.nitro_notify_us), [=, this, &gp] {
-        cores_.submit(Job{submit_cost, Owner::Card, {}, [=, this, &gp] {
-                              timeline_.after(transfer + storage_latency(id), [=, this, &gp] {
-                                  cores_.submit(Job{complete_cost, Owner::Card, {}, [=, this, &gp] {
-                                                        const bool poll = instance(id).config().workload.poll;
-                                                        timeline_.after(poll ? 0 : us_to_ps(cal_.irq_us),
-                                                                        [=, this, &gp] { respond(id, gp); });
-                                                    }});
-                              });
-                          }});
+    timeline_.at(admitted, [=, this, &gp] {
+        run_when_ready(Job{submit_cost, Owner::Card, {}, [=, this, &gp] {
+                               timeline_.after(transfer + storage_latency(id), [=, this, &gp] {
+                                   run_when_ready(Job{complete_cost, Owner::Card, {}, [=, this, &gp] {
+                                                          const bool poll = instance(id).config().workload.poll;
+                                                          timeline_.after(poll ? 0 : us_to_ps(cal_.irq_us),
+                                                                          [=, this, &gp] { respond(id, gp); });
+                                                      }});
+                               });
+                           }});
     });
 }
 

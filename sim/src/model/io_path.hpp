@@ -104,7 +104,14 @@ public:
 
 private:
     void request(int id, tlm::tlm_generic_payload& gp) override;
+    // When the card's worker can start on an event (a new command, a backend completion) at t:
+    // at once while it runs or polls; else after a wake-up, shared by the events that come while
+    // it is under way.
+    Ps ready_at(Ps t);
+    void run_when_ready(Job job);
     CpuPool cores_;
+    Ps wake_at_ = 0;
+    Ps awake_until_ = 0;
 };
 
 // dom0's grant-table lock as the intervals it is held. A blkback batch books its tasks' holds ahead
