@@ -25,7 +25,7 @@ The training part of the grid gives the calibration (bench/compare/calibration.j
 The held-out part (bench/compare/heldout.json) lists the other points with what was measured;
 `build/bin/hostsim --validate bench/compare/heldout.json` compares the model against them.
 
-Usage: bench/compare/run.py [--build DIR] [--seconds S] [--runs N] [--out DIR] [--no-xen] [--nice N]
+Usage: bench/compare/run.py [--build DIR] [--xen-build DIR] [--seconds S] [--runs N] [--out DIR] [--no-xen] [--nice N]
 Runs are short (default 1 s per boot); this machine has 2 shared CPUs. The emulator runs at nice
 -15 by default so that other people's builds do not dominate what is measured.
 """
@@ -101,7 +101,8 @@ def run_point(args, model, n, rw, bs, qd):
     procs = []
     for i in range(n):
         img = f"/dev/shm/nh-compare-{i}.img"
-        argv = (["nice", "-n", str(args.nice)] if args.nice else []) + [args.nitrovm, "run", "--guest", "probe", "--vcpus", "1", "--memory", "256M",
+        vmm = args.nitrovm if model == "nitro" else args.xen_nitrovm
+        argv = (["nice", "-n", str(args.nice)] if args.nice else []) + [vmm, "run", "--guest", "probe", "--vcpus", "1", "--memory", "256M",
                 "--timeout", str(int(30 + 4 * args.seconds))]
         if model == "xen":
             argv += ["--io-model", "xen"]
@@ -200,6 +201,8 @@ def fit(points):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"), help="build dir with bin/nitrovm, bin/nitro-card")
+    ap.add_argument("--xen-build", help="build dir for the xen points (bin/nitrovm with --io-model xen, "
+                                        "bin/xen-dom0); default: --build")
     ap.add_argument("--seconds", type=int, default=1)
     ap.add_argument("--out", default=HERE, help="where calibration.json and heldout.json go")
     ap.add_argument("--no-xen", action="store_true")
@@ -209,6 +212,7 @@ def main():
                          "measurement is of the I/O path, not of waiting for a CPU; 0 to run as is)")
     args = ap.parse_args()
     args.nitrovm = os.path.join(args.build, "bin", "nitrovm")
+    args.xen_nitrovm = os.path.join(args.xen_build or args.build, "bin", "nitrovm")
     if not os.path.exists(args.nitrovm):
         sys.exit(f"compare: {args.nitrovm} missing; build it first (scripts/setup.sh) or pass --build")
     print("machine:", common.machine_description())
