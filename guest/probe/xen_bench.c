@@ -30,8 +30,17 @@ struct bench_cfg {
 struct run_state {
     uint64_t ios, errors;
     uint64_t start, last_completion;
-    uint64_t sent, skipped, received, upcalls;
+    uint64_t sent, skipped, received, upcalls; /* during the run (baselines first) */
 };
+
+/* Turns the baselines taken at the start into counts for the run. */
+static bool finish(const struct xblk_disk* d, struct run_state* r, bool ok) {
+    r->sent = d->notify_sent - r->sent;
+    r->skipped = d->notify_skipped - r->skipped;
+    r->received = d->notify_received - r->received;
+    r->upcalls = __atomic_load_n(&xen_upcall_count, __ATOMIC_ACQUIRE) - r->upcalls;
+    return ok && r->errors == 0;
+}
 
 static struct xblk_disk disks[XBLK_MAX_DISKS];
 static struct lat_hist hist;
@@ -158,9 +167,10 @@ static bool run_one(struct xblk_disk* d, const struct bench_cfg* cfg, uint32_t q
         free_slots[nfree++] = i - 1;
     }
     uint32_t inflight = 0;
-    uint64_t sent0 = d->notify_sent, skipped0 = d->notify_skipped;
-    uint64_t received0 = d->notify_received;
-    uint64_t upcalls0 = __atomic_load_n(&xen_upcall_count, __ATOMIC_ACQUIRE);
+    r->sent = d->notify_sent;
+    r->skipped = d->notify_skipped;
+    r->received = d->notify_received;
+    r->upcalls = __atomic_load_n(&xen_upcall_count, __ATOMIC_ACQUIRE);
     uint64_t stall = tsc_cycles_from_us(STALL_US);
     r->start = rdtsc();
     uint64_t end = r->start + cfg->seconds * tsc_khz * 1000;
@@ -182,7 +192,7 @@ static bool run_one(struct xblk_disk* d, const struct bench_cfg* cfg, uint32_t q
                     }
                 }
                 if (!xblk_queue(d, s, op, sector, 0, cfg->bs)) {
-                    return false;
+                    return finish(d, r, false);
                 }
                 slot_sector[s] = sector;
                 in_flight[s] = true;
@@ -201,7 +211,7 @@ static bool run_one(struct xblk_disk* d, const struct bench_cfg* cfg, uint32_t q
         xblk_collect_events(d);
         int got = reap_all(d, op, r, &inflight, free_slots, &nfree);
         if (got < 0) {
-            return false;
+            return finish(d, r, false);
         }
         if (got > 0 || xblk_final_check(d)) {
             progress = rdtsc();
@@ -212,15 +222,11 @@ static bool run_one(struct xblk_disk* d, const struct bench_cfg* cfg, uint32_t q
                    "(req_prod=%u rsp_prod=%u req_event=%u rsp_event=%u)\n",
                    d->index, STALL_US / 1000, inflight, d->sring->req_prod, d->sring->rsp_prod,
                    d->sring->req_event, d->sring->rsp_event);
-            return false;
+            return finish(d, r, false);
         }
         xblk_wait(d, seen, progress + stall);
     }
-    r->sent = d->notify_sent - sent0;
-    r->skipped = d->notify_skipped - skipped0;
-    r->received = d->notify_received - received0;
-    r->upcalls = __atomic_load_n(&xen_upcall_count, __ATOMIC_ACQUIRE) - upcalls0;
-    return r->errors == 0;
+    return finish(d, r, true);
 }
 
 static void report(const struct xblk_disk* d, const struct bench_cfg* cfg, uint32_t qd,

@@ -30,6 +30,13 @@ namespace xen_model::blkback::ring {
     return req_prod - rsp_prod_pvt > size;
 }
 
+// The producer index cannot be trusted: more requests outstanding than the ring holds, or an
+// index moved back behind requests already consumed (serving on would walk ~2^32 slots).
+[[nodiscard]] constexpr bool prod_bogus(std::uint32_t req_prod, std::uint32_t req_cons, std::uint32_t rsp_prod_pvt,
+                                        std::uint32_t size) noexcept {
+    return prod_overflow(req_prod, rsp_prod_pvt, size) || req_cons - rsp_prod_pvt > req_prod - rsp_prod_pvt;
+}
+
 // Every slot holds a request or an unanswered one: consuming another would overwrite a slot
 // whose response is still owed (RING_REQUEST_CONS_OVERFLOW).
 [[nodiscard]] constexpr bool cons_overflow(std::uint32_t req_cons, std::uint32_t rsp_prod_pvt,

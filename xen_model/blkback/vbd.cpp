@@ -430,15 +430,18 @@ void Vbd::Impl::serve() {
     if (conn != Conn::Connected || !ring || broken) return;
     for (;;) {
         const std::uint32_t rp = ring->req_prod();  // GUEST-SHARED
-        if (ring::prod_overflow(rp, ring->rsp_prod_pvt, kRingSize)) {
-            spdlog::error("vbd {}/{}: frontend provided bogus ring requests (req_prod {}, rsp_prod {}); "
+        if (ring::prod_bogus(rp, ring->req_cons, ring->rsp_prod_pvt, kRingSize)) {
+            spdlog::error("vbd {}/{}: frontend provided bogus ring requests (req_prod {}, req_cons {}, rsp_prod {}); "
                           "ring stopped until it reconnects",
-                          cfg.domid, devid, rp, ring->rsp_prod_pvt);
+                          cfg.domid, devid, rp, ring->req_cons, ring->rsp_prod_pvt);
             broken = true;
             update_stats([](VbdStats& s) { s.ring_broken = true; });
             break;
         }
-        while (ring->req_cons != rp && !ring::cons_overflow(ring->req_cons, ring->rsp_prod_pvt, kRingSize)) {
+        // At most one ring's worth per pass, whatever the indices say.
+        for (std::uint32_t budget = kRingSize;
+             budget > 0 && ring->req_cons != rp && !ring::cons_overflow(ring->req_cons, ring->rsp_prod_pvt, kRingSize);
+             --budget) {
             const abi::BlkifRequest raw = ring->copy_request(ring->req_cons);  // GUEST-SHARED: copied once
             ++ring->req_cons;
             auto c = check_request(raw, sectors);
