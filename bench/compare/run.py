@@ -215,6 +215,13 @@ def main():
     args.xen_nitrovm = os.path.join(args.xen_build or args.build, "bin", "nitrovm")
     if not os.path.exists(args.nitrovm):
         sys.exit(f"compare: {args.nitrovm} missing; build it first (scripts/setup.sh) or pass --build")
+    def remove_images():
+        for i in range(max(g[1] for g in GRID)):
+            for path in (f"/dev/shm/nh-compare-{i}.img",):
+                if os.path.exists(path):
+                    os.remove(path)
+    import atexit
+    atexit.register(remove_images)
     print("machine:", common.machine_description())
     print(f"nitrovm: {args.nitrovm}; {args.seconds} s per boot, {args.runs} run(s) per point")
 
