@@ -16,6 +16,9 @@
 #include "scenario.hpp"
 #include "validate.hpp"
 
+#ifndef HOSTSIM_DEFAULT_TYPES
+#define HOSTSIM_DEFAULT_TYPES ""
+#endif
 #ifndef HOSTSIM_PLOT_SCRIPT
 #define HOSTSIM_PLOT_SCRIPT "sim/plot/plot.py"
 #endif
@@ -46,6 +49,7 @@ int main(int argc, char** argv) {
     CLI::App app{"hostsim: SystemC model of an EC2 host, Nitro card against Xen dom0 I/O"};
     std::string scenario, out_dir, validate_path, python = "/usr/bin/python3", plot_script = HOSTSIM_PLOT_SCRIPT;
     hostsim::Overrides ov;
+    ov.default_types = HOSTSIM_DEFAULT_TYPES;
     long long seed = -1;
     int jobs = 2;
     bool no_plot = false;

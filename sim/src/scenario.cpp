@@ -228,7 +228,10 @@ Result<RunConfig> build_run(const json& doc, const std::string& base_dir, const 
 
     std::string types_path = "instance-types.json";
     HS_TRY(top.string("types", types_path));
-    auto types = load_types((std::filesystem::path(base_dir) / types_path).string());
+    std::string types_file = (std::filesystem::path(base_dir) / types_path).string();
+    if (!doc.contains("types") && !std::filesystem::exists(types_file) && !ov.default_types.empty())
+        types_file = ov.default_types;
+    auto types = load_types(types_file);
     if (!types) return fail(std::move(types.error()));
 
     if (!doc.contains("instances") || !doc.at("instances").is_array() || doc.at("instances").empty())

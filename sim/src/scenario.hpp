@@ -31,6 +31,9 @@ struct Overrides {
     std::string calibration;          // empty: the scenario's
     bool seed_set = false;
     std::uint64_t seed = 0;
+    // The instance-type table used when a scenario names none and has no instance-types.json
+    // beside it (hostsim passes configs/scenarios/instance-types.json of its source tree).
+    std::string default_types;
 };
 
 // Reads and checks a scenario; expands its sweep and I/O-model list into runs.
