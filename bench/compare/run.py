@@ -14,7 +14,10 @@ The training part of the grid gives the calibration (bench/compare/calibration.j
   card_us_per_io     card CPU per I/O at the training point with the deepest queue (the card
                      thread is busy there, so CPU / I/Os is its service time, not polling);
   host_cpu_share     card CPU per I/O x IOPS at that point: the share of a CPU the emulator's
-                     threads got on this shared machine (the model slows on-host work by it);
+                     threads got on this shared machine;
+  host_stall_us      how long they lose it at a time (exponential), from that point's p99 over
+                     its p50; the model runs the emulator's guest vCPUs, card worker and dom0
+                     on processors that stall that way;
   card_us_per_kib    from a large-block training point over the 4 KiB one;
   exits_per_io, exit_us   vmm exits per I/O and the vmm's time per exit;
   nitro_notify_us, nitro_notify_p99_us   the card's wake-up for an idle queue: a log-normal
@@ -31,6 +34,7 @@ Runs are short (default 1 s per boot); this machine has 2 shared CPUs. The emula
 """
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -154,6 +158,11 @@ def fit(points):
         # At QD32 the card works without pause; its CPU time per I/O against the wall time per
         # I/O is the share of a CPU it got on this (shared) machine.
         params["host_cpu_share"] = min(1.0, params["card_us_per_io"] * n32["iops"] / 1e6)
+        # The threads lose their CPU for a while now and then: the QD32 tail over its median, for
+        # exponential stalls that hit a share (1 - cpu share) of the time.
+        lost = 1.0 - params["host_cpu_share"]
+        if lost > 0.01 and n32["p99_us"] > n32["p50_us"]:
+            params["host_stall_us"] = (n32["p99_us"] - n32["p50_us"]) / math.log(100 * lost)
         if n64k and n64k["backend_cpu_ms"] and n64k["ios"]:
             per_io = n64k["backend_cpu_ms"] * 1e3 / n64k["ios"]
             params["card_us_per_kib"] = max(0.0, (per_io - params["card_us_per_io"]) / (64 - 4))
@@ -165,7 +174,6 @@ def fit(points):
         # QD1 on an idle card: the command and its backend completion each wait for the worker to
         # wake (on a loaded host it has given up polling). The QD1 median and mean (1 / IOPS),
         # less the modelled costs, halved, give a log-normal for one wake-up.
-        import math
         fixed = ((params["guest_submit_us"] + params["guest_complete_us"] + params.get("card_us_per_io", 1.5)) /
                  params.get("host_cpu_share", 1.0) + 4096 / (params["dma_gbps"] * 1e3) + params.get("ram_latency_us", 1.0))
         params["card_poll_us"] = 0.0

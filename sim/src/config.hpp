@@ -25,6 +25,7 @@ struct Calibration {
     // Nitro card.
     double nitro_notify_us = 1.0;     // waking an idle card worker (doorbell or backend completion), median
     double nitro_notify_p99_us = 0.0; // its 99th percentile (log-normal); <= the median: fixed
+    double host_stall_us = 0.0;       // card_on_host: mean time the emulator's threads lose their CPU (0: no stalls, only slower)
     double host_cpu_share = 1.0;      // card_on_host: share of a CPU the emulator's threads get (a shared machine)
     double card_poll_us = 0.0;        // the worker stays awake (polls) this long after its last job
     double card_us_per_io = 1.5;      // card CPU per I/O (submission + completion)

@@ -6,9 +6,11 @@
 #include <array>
 #include <deque>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "../rng.hpp"
 #include "timeline.hpp"
 
 namespace hostsim {
@@ -34,6 +36,18 @@ public:
     }
 
     unsigned processors() const { return static_cast<unsigned>(last_run_.size()); }
+    // Processors that are not always there: each alternates between running (exponential, mean
+    // run) and being taken by something else (exponential, mean stall). Used for the emulator's
+    // threads on a shared machine; a job only progresses while its processor runs.
+    void set_preemption(Ps run_mean, Ps stall_mean, std::uint64_t seed) {
+        preempt_ = Preemption{run_mean, stall_mean, Rng(seed), {}, {}};
+        for (unsigned p = 0; p < processors(); ++p) {
+            const Ps run_end = draw(run_mean);
+            preempt_->run_until.push_back(run_end);
+            preempt_->stall_until.push_back(run_end + draw(stall_mean));
+        }
+    }
+
     unsigned running() const { return processors() - static_cast<unsigned>(free_.size()); }
 
     void submit(Job job) {
@@ -64,8 +78,9 @@ private:
         const Ps n = Timeline::now();
         const Ps d = job.dynamic ? job.dynamic(n, p) : job.duration;
         if (n >= count_from_) busy_[static_cast<std::size_t>(job.owner)] += d;
-        last_run_[p] = n + d;
-        timeline_.at(n + d, [this, p, done = std::move(job.done)]() mutable {
+        const Ps end = preempt_ ? finish(p, n, d) : n + d;
+        last_run_[p] = end;
+        timeline_.at(end, [this, p, done = std::move(job.done)]() mutable {
             release(p);
             if (done) done();
         });
@@ -80,7 +95,35 @@ private:
         start(p, std::move(next));
     }
 
+    struct Preemption {
+        Ps run_mean, stall_mean;
+        Rng rng;
+        std::vector<Ps> run_until, stall_until;  // per processor: the current run period's end, then the stall's
+    };
+    Ps draw(Ps mean) { return static_cast<Ps>(preempt_->rng.exponential(static_cast<double>(mean))); }
+    // When `work` started at t on processor p is done, given its run/stall periods.
+    Ps finish(unsigned p, Ps t, Ps work) {
+        Ps& run_until = preempt_->run_until[p];
+        Ps& stall_until = preempt_->stall_until[p];
+        auto next = [&] {
+            run_until = stall_until + draw(preempt_->run_mean);
+            stall_until = run_until + draw(preempt_->stall_mean);
+        };
+        while (stall_until <= t) next();
+        for (;;) {
+            if (t >= run_until) {
+                t = stall_until;
+                next();
+            }
+            const Ps window = run_until - t;
+            if (work <= window) return t + work;
+            work -= window;
+            t = run_until;
+        }
+    }
+
     Timeline& timeline_;
+    std::optional<Preemption> preempt_;
     std::vector<Ps> last_run_;
     std::vector<unsigned> free_;
     std::deque<Job> waiting_;

@@ -18,7 +18,12 @@ Instance::Instance(const sc_core::sc_module_name& name, int id, const InstanceCo
       warmup_(static_cast<Ps>(run.warmup_s * static_cast<double>(kPsPerS))),
       end_(static_cast<Ps>(run.duration_s * static_cast<double>(kPsPerS))),
       vcpus_(timeline_, static_cast<unsigned>(cfg.type.vcpus), warmup_),
-      slow_(run.host.card_on_host ? 1.0 / run.cal.host_cpu_share : 1.0) {
+      slow_(run.host.card_on_host && run.cal.host_stall_us <= 0 ? 1.0 / run.cal.host_cpu_share : 1.0) {
+    if (run.host.card_on_host && run.cal.host_stall_us > 0 && run.cal.host_cpu_share < 1.0) {
+        const double stall = run.cal.host_stall_us;
+        const double share = run.cal.host_cpu_share;
+        vcpus_.set_preemption(us_to_ps(stall * share / (1.0 - share)), us_to_ps(stall), seed ^ 0x5eedULL);
+    }
     socket.register_nb_transport_bw(this, &Instance::nb_transport_bw);
     for (int s = 0; s < cfg_.workload.qd; ++s) {
         auto gp = std::make_unique<tlm::tlm_generic_payload>();

@@ -35,7 +35,7 @@ void NitroCard::request(int id, tlm::tlm_generic_payload& gp) {
     const Ps admitted = admit(id, io.bytes, io.write);
     const double kib = io.bytes / 1024.0;
     // On the emulator the card's worker shares the machine's CPUs: its work takes longer by 1/share.
-    const double slow = run_.host.card_on_host ? 1.0 / cal_.host_cpu_share : 1.0;
+    const double slow = run_.host.card_on_host && cal_.host_stall_us <= 0 ? 1.0 / cal_.host_cpu_share : 1.0;
     const Ps submit_cost = us_to_ps((cal_.card_us_per_io * 0.5 + cal_.card_us_per_kib * kib) * slow);
     const Ps complete_cost = us_to_ps(cal_.card_us_per_io * 0.5 * slow);
     const Ps transfer = us_to_ps(cal_.pcie_us + io.bytes / (cal_.dma_gbps * 1e3));  // GB/s = 1e3 B/us

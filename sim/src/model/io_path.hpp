@@ -99,7 +99,13 @@ private:
 class NitroCard final : public IoPath {
 public:
     NitroCard(const sc_core::sc_module_name& name, const RunConfig& run, std::uint64_t seed)
-        : IoPath(name, run, seed), cores_(timeline_, static_cast<unsigned>(run.host.card_cores), warmup_) {}
+        : IoPath(name, run, seed), cores_(timeline_, static_cast<unsigned>(run.host.card_cores), warmup_) {
+        if (run.host.card_on_host && run.cal.host_stall_us > 0 && run.cal.host_cpu_share < 1.0) {
+            const double stall = run.cal.host_stall_us;
+            const double share = run.cal.host_cpu_share;
+            cores_.set_preemption(us_to_ps(stall * share / (1.0 - share)), us_to_ps(stall), seed ^ 0xca7dULL);
+        }
+    }
     CpuPool& cores() { return cores_; }
 
 private:
@@ -143,7 +149,13 @@ private:
 class XenDom0 final : public IoPath {
 public:
     XenDom0(const sc_core::sc_module_name& name, const RunConfig& run, std::uint64_t seed)
-        : IoPath(name, run, seed), vcpus_(timeline_, static_cast<unsigned>(run.host.dom0_vcpus), warmup_) {}
+        : IoPath(name, run, seed), vcpus_(timeline_, static_cast<unsigned>(run.host.dom0_vcpus), warmup_) {
+        if (run.host.card_on_host && run.cal.host_stall_us > 0 && run.cal.host_cpu_share < 1.0) {
+            const double stall = run.cal.host_stall_us;
+            const double share = run.cal.host_cpu_share;
+            vcpus_.set_preemption(us_to_ps(stall * share / (1.0 - share)), us_to_ps(stall), seed ^ 0xd0d0ULL);
+        }
+    }
     // blkfront with multi-queue (Linux >= 4.3) opens one ring per vCPU, up to the calibration's
     // xen_max_rings; each ring has its own blkback thread.
     void attach(std::vector<Instance*> instances) override {
