@@ -38,8 +38,13 @@ class XsGuestRing {
 public:
     XsGuestRing(const common::GuestMemory& mem, common::GuestAddr page) : mem_(mem), page_(page) {}
 
-    std::uint32_t index(std::size_t off) const { return *mem_.read_obj<std::uint32_t>(page_ + off); }
-    void set_index(std::size_t off, std::uint32_t v) const { (void)mem_.write_obj(page_ + off, v); }
+    // Indices as the guest's barriers order them (the server may run on another thread).
+    std::uint32_t index(std::size_t off) const {
+        return __atomic_load_n(reinterpret_cast<const std::uint32_t*>(mem_.slice(page_ + off, 4)->data()), __ATOMIC_ACQUIRE);
+    }
+    void set_index(std::size_t off, std::uint32_t v) const {
+        __atomic_store_n(reinterpret_cast<std::uint32_t*>(mem_.slice(page_ + off, 4)->data()), v, __ATOMIC_RELEASE);
+    }
 
     // Free bytes in req (1024 - (prod - cons)).
     std::size_t req_space() const {

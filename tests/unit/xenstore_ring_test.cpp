@@ -2,7 +2,9 @@
 // (tests/support/xenstore_guest_ring.hpp) as Linux's xenbus does.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/guest_memory.hpp"
@@ -25,7 +27,7 @@ constexpr GuestAddr kRing{0x2000};
 struct Fixture {
     GuestMemory mem = *GuestMemory::create({{GuestAddr(0), 0x10000, 0}});
     Store store;
-    int notifies = 0;
+    std::atomic<int> notifies{0};
     std::shared_ptr<Connection> conn;
     XsGuestRing guest{mem, kRing};
 
@@ -270,4 +272,36 @@ TEST_CASE("xenstore ring: the ring address must be a page in guest memory") {
     CHECK_FALSE(Connection::create(f.store, 2, f.mem, GuestAddr(0x2100), [] {}));
     CHECK_FALSE(Connection::create(f.store, 2, f.mem, GuestAddr(0x10000), [] {}));
     CHECK_FALSE(Connection::create(f.store, 2, f.mem, GuestAddr(~0ull & ~0xfffull), [] {}));
+}
+
+TEST_CASE("xenstore ring: watch events posted from another thread while the guest kicks") {
+    Fixture f;
+    REQUIRE(f.send(xs_request(XsType::Watch, 1, 0, two("data", "t"))).size() == 2);
+    constexpr int kEvents = 3000;
+    std::atomic<bool> done{false};
+    std::thread writer([&] {
+        for (int i = 0; i < kEvents; ++i) (void)f.store.write(0, 0, "/local/domain/1/data/k" + std::to_string(i % 50), "");
+        done = true;
+    });
+    std::size_t got = 0;
+    std::size_t requests = 0;
+    int rounds = 0;
+    const std::string read = xs_request(XsType::Read, 9, 0, z("domid"));
+    for (int idle = 0; idle < 50;) {
+        auto m = f.guest.take();
+        got += m.size();
+        f.conn->on_kick();
+        if (done && m.empty()) ++idle;
+        if (++rounds % 16 == 0 && f.guest.req_space() >= read.size()) {  // replies mixed in
+            f.guest.put(read);
+            ++requests;
+        }
+    }
+    writer.join();
+    for (int i = 0; i < 4; ++i) {
+        f.conn->on_kick();
+        got += f.guest.take().size();
+    }
+    CHECK(got + f.conn->dropped_events() == kEvents + requests);
+    CHECK_FALSE(f.conn->broken());
 }
