@@ -12,6 +12,8 @@ PACKAGES=(
   clang-19 lld-19 libclang-rt-19-dev
   busybox-static kmod cpio gzip
   qemu-system-x86 fio procps python3-matplotlib
+  libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc grpc-proto
+  python3-grpcio python3-protobuf
 )
 
 missing=()

@@ -162,6 +162,7 @@ int run_workload(int argc, char** argv);
 int workload_msi(int argc, char** argv);
 int workload_nvme_verify(int argc, char** argv);
 int workload_nvme_bench(int argc, char** argv);
+int workload_spin(int argc, char** argv); /* spin.c */
 
 /* ---- small libc replacements (lib.c) ---- */
 void* memset(void* dst, int c, size_t n);

@@ -1,6 +1,6 @@
 /*
  * Workload dispatch and the small workloads: `exit N`, `smp` and `fault`. `msi` is in msi.c,
- * `nvme-verify` in nvme_verify.c, `nvme-bench` in nvme_bench.c.
+ * `nvme-verify` in nvme_verify.c, `nvme-bench` in nvme_bench.c, `spin` in spin.c.
  * Each returns the probe's exit status.
  */
 #include "probe.h"
@@ -91,6 +91,9 @@ int run_workload(int argc, char** argv) {
     }
     if (strcmp(argv[0], "nvme-bench") == 0) {
         return workload_nvme_bench(argc, argv);
+    }
+    if (strcmp(argv[0], "spin") == 0) {
+        return workload_spin(argc, argv);
     }
     printk("probe: unknown workload '%s'\n", argv[0]);
     return 2;

@@ -26,6 +26,7 @@ struct MachineConfig {
     // The nitro I/O model: one NVMe controller per volume spec, served by the card process.
     std::vector<std::string> volumes;
     std::string card_binary;
+    std::vector<std::string> card_args;  // extra card options, e.g. the instance's EBS caps
     std::string log_level = "info";
 };
 
