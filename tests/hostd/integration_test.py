@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 
-from nitrohost import Client, HostError, pb, state_name
+from nitrohost import Client, HostError, pb, state_name, types_pb
 
 FAILURES = []
 
@@ -48,6 +48,7 @@ def vmm_processes(ids=None):
 class Hostd:
     def __init__(self, build, tmp, name="hostd"):
         self.build, self.tmp = build, tmp
+        os.makedirs(tmp, exist_ok=True)
         self.socket = os.path.join(tmp, "hostd.sock")
         self.state = os.path.join(tmp, "state")
         self.log = os.path.join(tmp, f"{name}.log")
@@ -99,7 +100,7 @@ def test_fleet(h):
     print("fleet: three types, different I/O models; states, consoles, exit statuses, metrics, terminate")
     with h.client() as c:
         host = c.host()
-        models = [pb.IoModel.Name(m) for m in host.io_models]
+        models = [types_pb.IoModel.Name(m) for m in host.io_models]
         print(f"  host: {host.version}; I/O models {models}; CPU caps: {host.cpu_enforcement}")
         st = os.stat(h.socket)
         check(stat.S_IMODE(st.st_mode) == 0o600, f"socket mode {oct(stat.S_IMODE(st.st_mode))}")
@@ -118,9 +119,9 @@ def test_fleet(h):
         insts = c.wait(ids, timeout=90)
         by = {i.instance_id: i for i in insts}
         for i in insts:
-            print(f"  {i.instance_id} {i.instance_type:10} io={pb.IoModel.Name(i.io_model):16} vcpus={i.vcpus} "
+            print(f"  {i.instance_id} {i.instance_type:10} io={types_pb.IoModel.Name(i.io_model):16} vcpus={i.vcpus} "
                   f"mem={i.memory_mib}M exit={i.exit_status} reason={i.state_reason!r}")
-        check(by[a].exit_status == 0 and by[a].io_model == pb.IO_MODEL_NITRO, "t3.micro nvme-verify on the nitro card: 0")
+        check(by[a].exit_status == 0 and by[a].io_model == types_pb.IO_MODEL_NITRO, "t3.micro nvme-verify on the nitro card: 0")
         check(by[a].vcpus == 2, "t3.micro has 2 vCPUs")
         check(by[b].exit_status == 7 and by[b].state_reason == "the guest exited with status 7", "m5.large exit 7")
         check(by[third].exit_status == 0, f"{by[third].instance_type} smp: 0")
@@ -149,7 +150,7 @@ def test_fleet(h):
         di = c.wait([d], timeout=15)[0]
         check(di.state_reason.startswith("terminated on request"), f"terminated: {di.state_reason!r}")
         time.sleep(0.2)
-        watcher.close()
+        watcher.cancel()
         seq = {}
         for e in events:
             seq.setdefault(e.instance_id, []).append(state_name(e.state))

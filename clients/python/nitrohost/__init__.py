@@ -7,4 +7,4 @@
 
 The generated modules are nitrohost.v1.host_pb2 (messages, as `pb`) and host_pb2_grpc (stub).
 """
-from nitrohost.client import Client, HostError, pb, state_name  # noqa: F401
+from nitrohost.client import Client, HostError, io_name, pb, state_name, types_pb  # noqa: F401

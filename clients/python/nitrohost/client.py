@@ -32,6 +32,21 @@ class HostError(Exception):
         super().__init__(f"{self.code}: {self.message}")
 
 
+class _EventStream:
+    def __init__(self, call):
+        self.call = call
+
+    def __iter__(self):
+        try:
+            yield from self.call
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                raise HostError(e) from None
+
+    def cancel(self):
+        self.call.cancel()
+
+
 class Client:
     """One channel to hostd. `target` is a socket path or a gRPC target (127.0.0.1:PORT)."""
 
@@ -103,12 +118,9 @@ class Client:
             raise HostError(e) from None
 
     def events(self, replay=False):
-        """Yields nitrohost.v1.Event messages as they happen (a generator; close it to stop)."""
-        stream = self.stub.WatchEvents(pb.WatchEventsRequest(replay=replay))
-        try:
-            yield from stream
-        finally:
-            stream.cancel()
+        """nitrohost.v1.Event messages as they happen: iterate over the result; .cancel() ends it
+        (from any thread)."""
+        return _EventStream(self.stub.WatchEvents(pb.WatchEventsRequest(replay=replay)))
 
     def metrics(self, ids=()):
         return self.call("GetMetrics", pb.GetMetricsRequest(instance_ids=list(ids)))
