@@ -104,6 +104,13 @@ def test_fleet(h):
         print(f"  host: {host.version}; I/O models {models}; CPU caps: {host.cpu_enforcement}")
         st = os.stat(h.socket)
         check(stat.S_IMODE(st.st_mode) == 0o600, f"socket mode {oct(stat.S_IMODE(st.st_mode))}")
+        refl = subprocess.run([sys.executable, "-m", "nitrohost.reflect", "unix:" + h.socket, "list"],
+                              capture_output=True, text=True, timeout=30)
+        check("nitrohost.v1.HostService" in refl.stdout and "rpc StreamConsole(nitrohost.v1.StreamConsoleRequest) "
+              "returns (stream nitrohost.v1.ConsoleChunk)" in refl.stdout, "reflection lists the service")
+        t3 = c.instance_types(families=["t3"])
+        check([t.name for t in t3] == ["t3.micro", "t3.medium", "t3.large", "t3.2xlarge"], "DescribeInstanceTypes t3")
+        check(len(c.instance_types()) == 40, "DescribeInstanceTypes returns the whole catalog (40)")
         events = []
         watcher = c.events(replay=False)
         t = threading.Thread(target=lambda: [events.append(e) for e in watcher], daemon=True)

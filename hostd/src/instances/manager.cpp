@@ -18,6 +18,7 @@
 #include <fmt/ranges.h>
 #include <fstream>
 #include <random>
+#include <regex>
 #include <set>
 #include <sstream>
 
@@ -80,6 +81,30 @@ std::string last_line(const fs::path& p) {
     while (!s.empty() && s.back() == '\n') s.pop_back();
     auto nl = s.rfind('\n');
     return nl == std::string::npos ? s : s.substr(nl + 1);
+}
+
+// The vmm's "N vCPU exits" and the card's per-volume lines from the instance's vmm.log.
+v1::InstanceMetrics exit_reports(const fs::path& log) {
+    v1::InstanceMetrics m;
+    static const std::regex exits(R"(VM ended after \d+ ms \(.*\), (\d+) vCPU exits)");
+    static const std::regex io(
+        R"(nvme\d+ \S+: \d+ I/O commands \((\d+) reads, (\d+) writes\), (\d+) MiB read, (\d+) MiB written, \d+ errors; )"
+        R"(throttled (\d+) commands for ([\d.]+) ms)");
+    std::istringstream in(slurp(log));
+    std::string line;
+    std::smatch g;
+    while (std::getline(in, line)) {
+        if (std::regex_search(line, g, exits)) m.set_vcpu_exits(std::stoull(g[1]));
+        if (std::regex_search(line, g, io)) {
+            m.set_io_reads(m.io_reads() + std::stoull(g[1]));
+            m.set_io_writes(m.io_writes() + std::stoull(g[2]));
+            m.set_io_read_mib(m.io_read_mib() + std::stoull(g[3]));
+            m.set_io_write_mib(m.io_write_mib() + std::stoull(g[4]));
+            m.set_io_throttled_commands(m.io_throttled_commands() + std::stoull(g[5]));
+            m.set_io_throttled_ms(m.io_throttled_ms() + std::stod(g[6]));
+        }
+    }
+    return m;
 }
 
 Status invalid(std::string msg) { return Status(StatusCode::INVALID_ARGUMENT, std::move(msg)); }
@@ -761,6 +786,7 @@ Status InstanceManager::metrics(const v1::GetMetricsRequest& req, v1::GetMetrics
         }
         if (!ids.empty() && !ids.contains(id)) continue;
         auto* m = resp->add_instances();
+        if (!r.live()) *m = exit_reports(r.dir / "vmm.log");  // the card may report after the vmm ends
         m->set_instance_id(id);
         m->set_vcpu_seconds(r.vcpu_seconds());
         m->set_vmm_seconds(r.vmm_seconds);
