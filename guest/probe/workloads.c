@@ -1,6 +1,6 @@
 /*
  * Workload dispatch and the small workloads: `exit N`, `smp` and `fault`. `msi` is in msi.c,
- * `nvme-verify` in nvme_verify.c, `nvme-bench` in nvme_bench.c, `spin` in spin.c.
+ * `nvme-verify` in nvme_verify.c, `nvme-bench` in nvme_bench.c.
  * Each returns the probe's exit status.
  */
 #include "probe.h"
@@ -77,6 +77,9 @@ int run_workload(int argc, char** argv) {
     if (strcmp(argv[0], "exit") == 0) {
         return workload_exit(argc, argv);
     }
+    if (strcmp(argv[0], "spin") == 0) { /* spin.c */
+        return workload_spin(argc, argv);
+    }
     if (strcmp(argv[0], "msi") == 0) {
         return workload_msi(argc, argv);
     }
@@ -91,9 +94,6 @@ int run_workload(int argc, char** argv) {
     }
     if (strcmp(argv[0], "nvme-bench") == 0) {
         return workload_nvme_bench(argc, argv);
-    }
-    if (strcmp(argv[0], "spin") == 0) {
-        return workload_spin(argc, argv);
     }
     printk("probe: unknown workload '%s'\n", argv[0]);
     return 2;
