@@ -260,6 +260,8 @@ def test_restart(build, tmp):
         long = c.run("t3.micro", ["spin", "seconds=600"], io_model="none")[0]
         c.wait([short], timeout=30)
         c.wait([long], states=("running",), timeout=30)
+        time.sleep(2.5)  # the account is saved once a second
+        before = c.metrics([long]).instances[0].cpu
     h.stop(signal.SIGKILL)
     check(len(vmm_processes([long])) >= 1, "the vmm outlives a killed hostd")
     h = Hostd(build, tmp, "restart").start()
@@ -267,6 +269,9 @@ def test_restart(build, tmp):
         s, lg = c.describe([short, long])
         check(state_name(s.state) == "terminated" and s.exit_status == 5, "the finished instance is remembered (exit 5)")
         check(state_name(lg.state) == "running", f"the live one is running again: {state_name(lg.state)}")
+        after = c.metrics([long]).instances[0].cpu
+        check(before.credits_spent * 0.5 <= after.credits_spent < before.credits_spent + 0.5,
+              f"its credit account goes on ({before.credits_spent:.4f} spent before, {after.credits_spent:.4f} after)")
         c.terminate([long])
         lg = c.wait([long], timeout=15)[0]
         check(lg.state_reason.startswith("terminated on request"), f"and terminates: {lg.state_reason!r}")

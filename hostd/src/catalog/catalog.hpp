@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "catalog/json_split.hpp"
 #include "common/error.hpp"
 #include "nitrohost/v1/host.pb.h"
 
@@ -39,13 +40,5 @@ private:
     std::vector<nitrohost::v1::InstanceType> types_;
     double memory_scale_ = 32;
 };
-
-// One element of a top-level JSON array: its text and the line it starts on (1-based).
-struct JsonElement {
-    std::string text;
-    int line = 0;
-};
-// Splits a JSON array into its elements without interpreting them (strings and nesting aware).
-[[nodiscard]] common::Result<std::vector<JsonElement>> split_json_array(std::string_view text);
 
 }  // namespace hostd::catalog

@@ -159,6 +159,7 @@ struct InstanceManager::Record {
     std::set<pid_t> capped_tids;
     std::map<pid_t, double> thread_cpu;  // last CPU time seen per vCPU thread
     double policy_cpu = 0;               // vCPU time already given to the policy
+    int ticks_since_save = 0;
     double vmm_seconds = 0;
     cpu::CgroupStats cg_stats;
     bool stop_requested = false;
@@ -279,6 +280,15 @@ void InstanceManager::load() {
                 r.policy = cpu::CpuPolicy::flex(type.vcpus(), type.flex().baseline_percent(),
                                                 type.flex().burst_time_percent());
         }
+        // Go on from the saved credit state, and charge only CPU time from now on.
+        if (r.policy) {
+            std::istringstream cs(slurp(r.dir / "cpu.state"));
+            cpu::PolicyState st;
+            if (cs >> st.balance >> st.launch_credits >> st.surplus >> st.earned >> st.spent >> st.capped)
+                r.policy->restore(st);
+        }
+        for (const auto& t : threads_named(r.pid, "vcpu")) r.thread_cpu[t.tid] = t.cpu_seconds;
+        r.policy_cpu = r.vcpu_seconds();
         if (r.info.state() == v1::INSTANCE_STATE_STOPPING) {
             r.stop_requested = true;
             r.stop_reason = "terminated on request";
@@ -644,6 +654,12 @@ void InstanceManager::tick_locked(double wall) {
             double cpu = r.vcpu_seconds();
             r.policy->advance(wall, cpu - r.policy_cpu);
             r.policy_cpu = cpu;
+            if (++r.ticks_since_save >= 10) {  // once a second: what a restarted hostd goes on from
+                const auto& st = r.policy->state();
+                write_atomic(r.dir / "cpu.state", fmt::format("{} {} {} {} {} {}\n", st.balance, st.launch_credits,
+                                                              st.surplus, st.earned, st.spent, st.capped ? 1 : 0));
+                r.ticks_since_save = 0;
+            }
             if (r.cgroup)
                 if (auto s = r.cgroup->set_cap(r.policy->cap_percent()); !s)
                     spdlog::warn("{}: setting the CPU cap: {}", id, s.error().message);
