@@ -194,6 +194,30 @@ def test_bad_requests(h):
         check(vmm_processes() == procs, "no process was started")
 
 
+def test_volumes(h):
+    print("volumes: create, attach at launch, detach at the end, delete")
+    with h.client() as c:
+        v = c.create_volume(16, iops=1000)
+        check(v.volume_id.startswith("vol-") and len(v.volume_id) == 21, f"created {v.volume_id}")
+        i = c.run("t3.micro", ["nvme-verify"], io_model="nitro", volume_ids=[v.volume_id])[0]
+        expect_error(lambda: c.delete_volume(v.volume_id), "FAILED_PRECONDITION", "volume_id:",
+                     "deleting an attached volume")
+        expect_error(lambda: c.run("m5.large", ["exit", "0"], io_model="nitro", volume_ids=[v.volume_id]),
+                     "FAILED_PRECONDITION", "volume_ids[0]:", "attaching it twice")
+        inst = c.wait([i], timeout=60)[0]
+        check(inst.exit_status == 0 and list(inst.volume_ids) == [v.volume_id], "nvme-verify on the attached volume")
+        serial = "vol" + v.volume_id[4:]
+        check(f"serial='{serial}'" in c.console(i), f"the guest sees serial {serial}")
+        check(c.volumes([v.volume_id])[0].attached_to == "", "detached when the instance ended")
+        check(os.path.getsize(v.path) == 16 << 20, "its file has the volume's size")
+        m = c.metrics([i]).instances[0]
+        check(m.io_reads > 0 and m.io_writes > 0, f"I/O in the metrics: {m.io_reads} reads, {m.io_writes} writes, "
+              f"{m.vcpu_exits} VM exits")
+        c.delete_volume(v.volume_id)
+        check(not os.path.exists(v.path), "deleted with its file")
+        expect_error(lambda: c.delete_volume(v.volume_id), "NOT_FOUND", "volume_id:", "deleting it again")
+
+
 def test_concurrent(h):
     print("concurrent RunInstances from several clients; client tokens")
     results, errors = {}, []
@@ -303,7 +327,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="hostd-test-")
     h = Hostd(build, tmp).start()
     try:
-        for name, fn in [("fleet", test_fleet), ("bad", test_bad_requests), ("concurrent", test_concurrent),
+        for name, fn in [("fleet", test_fleet), ("bad", test_bad_requests), ("volumes", test_volumes), ("concurrent", test_concurrent),
                          ("credits", test_cpu_credits)]:
             if a.k in name:
                 fn(h)

@@ -75,11 +75,12 @@ class Client:
 
     # ---- instances ----
     def run(self, instance_type, args=(), count=1, io_model="default", volumes_mib=(), credits="default",
-            initial_credits=None, timeout_seconds=0, client_token="", image=None):
+            initial_credits=None, timeout_seconds=0, client_token="", image=None, volume_ids=()):
         """Launches instances; returns their ids."""
         req = pb.RunInstancesRequest(instance_type=instance_type, guest_args=list(args), count=count,
                                      io_model=IO_MODELS[io_model], credit_mode=CREDITS[credits],
-                                     timeout_seconds=timeout_seconds, client_token=client_token)
+                                     timeout_seconds=timeout_seconds, client_token=client_token,
+                                     volume_ids=list(volume_ids))
         for mib in volumes_mib:
             req.volumes.add(size_mib=mib, delete_on_termination=True)
         if initial_credits is not None:

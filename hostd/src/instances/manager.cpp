@@ -22,6 +22,7 @@
 #include <set>
 #include <sstream>
 
+#include "card/volume_id.hpp"
 #include "instances/proc.hpp"
 
 extern char** environ;
@@ -325,13 +326,17 @@ Status InstanceManager::validate_volume_spec(const v1::VolumeSpec& v, const std:
 
 v1::Volume InstanceManager::make_volume_locked(const v1::VolumeSpec& spec) {
     v1::Volume v;
-    v.set_volume_id(new_id("vol"));
+    // The id is the NVMe serial the card gives this backing path, with EC2's dash: the guest sees
+    // "vol0123..." as its controller's serial, the API "vol-0123...", as on EC2.
+    auto path = fs::absolute(cfg_.state_dir / "volumes" / (new_id("backing") + ".img")).string();
+    auto serial = nitro_card::volume_id_for(spec.ram() ? "ram:" + path : path);
+    v.set_volume_id("vol-" + serial.substr(3));
     v.set_size_mib(spec.size_mib());
     v.set_iops(spec.iops() ? spec.iops() : 3000);
     v.set_mbps(spec.mbps() ? spec.mbps() : 125);
     v.set_ram(spec.ram());
     v.set_delete_on_termination(spec.delete_on_termination());
-    v.set_path((cfg_.state_dir / "volumes" / (v.volume_id() + ".img")).string());
+    v.set_path(path);
     volumes_[v.volume_id()] = v;
     persist_volume_locked(v);
     return v;
