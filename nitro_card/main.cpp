@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "card/volume_id.hpp"
+#include "common/cpu_time.hpp"
 #include "common/log.hpp"
 #include "nvme/controller.hpp"
 #include "storage/file_backend.hpp"
@@ -157,6 +158,8 @@ int main(int argc, char** argv) {
                      st.poll_hits);
     }
     controllers.clear();
+    const auto cpu = common::process_cpu_time();
+    spdlog::info("card cpu time: {:.1f} ms user, {:.1f} ms system", cpu.user_ms, cpu.system_ms);
     for (std::size_t i = 0; i < volumes.size(); ++i) ::unlink(fmt::format("{}/nvme{}.sock", socket_dir, i).c_str());
     return 0;
 }

@@ -10,7 +10,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libspdlog-dev libfmt-dev doctest-dev libcli11-dev liburing-dev
   clang-19 lld-19 libclang-rt-19-dev
-  busybox-static kmod cpio gzip
+  busybox-static kmod cpio gzip lz4
   qemu-system-x86 fio procps python3-matplotlib
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc grpc-proto
   python3-grpcio python3-protobuf

@@ -1,24 +1,27 @@
 #!/usr/bin/python3
-"""bench/nvme: NVMe I/O of the probe guest under nitrovm (nitro I/O model, card process) against
-the same guest under QEMU's emulated NVMe controller, and against fio on the host.
+"""bench/nvme: block I/O of the probe guest under nitrovm in both I/O models (nitro: NVMe served
+by the card process; xen: blkfront/blkback through dom0 and event channels) against the same guest
+under QEMU's emulated NVMe controller, and against fio on the host.
 
-All three use one backing file in /dev/shm, created and filled once with random data. The
-guests run the probe's `nvme-bench` workload (CPL3 driver, polled completions, shadow
-doorbells); one boot runs every queue depth of one rw pattern. fio runs the same pattern on
-the file with io_uring. Rounds alternate nitrovm / QEMU / fio so that drift on this shared
+All use one backing file in /dev/shm, created and filled once with random data. The guests
+run the probe's `nvme-bench` workload (CPL3 driver, polled completions, shadow doorbells), or in
+the xen model its `xen-bench` (CPL3 blkfront, polled responses, event-channel notifications);
+one boot per queue depth. fio runs the same pattern on the file with io_uring. Rounds alternate nitrovm / QEMU / fio so that drift on this shared
 machine hits all alike; medians over the rounds are reported.
 
 IOPS and latencies come from the guest's `result:` lines (latency: doorbell write to the
 completion pass that finds the CQE) and from fio's JSON (completion latency, clat). For
 nitrovm, exits per I/O = the vCPU exits of the whole boot (from its exit log line) divided by
 the I/Os of that boot; boot, controller bring-up and console output are included, so it is
-an upper bound on the fast path's rate.
+an upper bound on the fast path's rate. Host CPU per I/O outside the guest = (the card's or
+dom0's CPU time + the vmm's time handling exits + the vmm's other threads), from their exit log
+lines, divided by the boot's I/Os.
 
 A system that cannot run (nitrovm without its card, no NVMe controller, a timeout, ...) gets
 rows marked n/a with the reason; the other systems are measured all the same.
 
 Usage: bench/nvme/run.py [--seconds S] [--qd 1,32] [--rw randread [--rw randwrite ...]]
-                         [--runs N] [--size 256M] [--out DIR] [--no-qemu] [--no-fio]
+                         [--runs N] [--size 256M] [--out DIR] [--no-xen] [--no-qemu] [--no-fio]
 """
 import argparse
 import atexit
@@ -37,11 +40,14 @@ import common  # noqa: E402
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 IMAGE = "/dev/shm/nh-bench.img"
 RW_CHOICES = ("randread", "randwrite", "read", "write")
-SYSTEMS = ("nitrovm", "qemu", "fio")
+SYSTEMS = ("nitrovm", "xen", "qemu", "fio")
 
-RESULT_RE = re.compile(r"result: workload=nvme-bench rw=(\S+) bs=(\d+) qd=(\d+) iops=(\d+) mbps=([\d.]+) "
-                       r"p50_us=(\d+) p99_us=(\d+)")
-BENCH_OK_RE = re.compile(r"nvme-bench: ctrl \d+ ok ios=(\d+)")
+RESULT_RE = re.compile(r"result: workload=(?:nvme|xen)-bench rw=(\S+) bs=(\d+) qd=(\d+) iops=(\d+) "
+                       r"mbps=([\d.]+) p50_us=(\d+) p99_us=(\d+)")
+BENCH_OK_RE = re.compile(r"(?:nvme|xen)-bench: (?:ctrl|disk) \d+ ok ios=(\d+)")
+BACKEND_CPU_RE = re.compile(r"(?:card|dom0) cpu time: ([\d.]+) ms user, ([\d.]+) ms system")
+VMM_CPU_RE = re.compile(r"vmm cpu time: [\d.]+ ms in all; vCPU threads [\d.]+ ms .*?, of which ([\d.]+) ms "
+                        r"handling exits in the vmm; other threads ([\d.]+) ms")
 EXITS_RE = re.compile(r"VM ended after (\d+) ms \(.*\), (\d+) vCPU exits, exit status (-?\d+)")
 
 
@@ -119,34 +125,40 @@ def o_direct_works(path):
 
 
 class Vm:
-    """nitrovm or QEMU running the probe's nvme-bench."""
+    """nitrovm (either I/O model) or QEMU running the probe's block benchmark, one boot per queue
+    depth so that each boot's exit counts and CPU times belong to one queue depth."""
 
     def __init__(self, name, argv_for, timeout):
         self.name = name
-        self.argv_for = argv_for
+        self.argv_for = argv_for  # (rw, qd) -> argv
         self.timeout = timeout
 
     def run(self, rw, qds, seconds):
-        code, out, err, secs = run_child(self.argv_for(rw), self.timeout)
-        # Each result line is followed by its run's "nvme-bench: ctrl I ok ios=N" line.
-        results = {}
-        last = None
+        return {qd: self.run_one(rw, qd, seconds) for qd in qds}
+
+    def run_one(self, rw, qd, seconds):
+        code, out, err, secs = run_child(self.argv_for(rw, qd), self.timeout)
+        result = None
         for line in out.splitlines():
             m = RESULT_RE.search(line)
-            if m:
-                last = results[int(m.group(3))] = {
-                    "iops": int(m.group(4)), "mbps": float(m.group(5)), "p50_us": float(m.group(6)),
-                    "p99_us": float(m.group(7)), "ios": int(int(m.group(4)) * seconds)}
+            if m and int(m.group(3)) == qd:
+                result = {"iops": int(m.group(4)), "mbps": float(m.group(5)), "p50_us": float(m.group(6)),
+                          "p99_us": float(m.group(7)), "ios": int(int(m.group(4)) * seconds)}
                 continue
             m = BENCH_OK_RE.search(line)
-            if m and last is not None:
-                last["ios"] = int(m.group(1))
-                last = None
-        total_ios = sum(r["ios"] for r in results.values())
+            if m and result is not None:
+                result["ios"] = int(m.group(1))
         exits = None
         m = EXITS_RE.search(err)
         if m:
             exits = int(m.group(2))
+        backend_ms = vmm_exit_ms = vmm_other_ms = None
+        m = BACKEND_CPU_RE.search(err)
+        if m:
+            backend_ms = float(m.group(1)) + float(m.group(2))
+        m = VMM_CPU_RE.search(err)
+        if m:
+            vmm_exit_ms, vmm_other_ms = float(m.group(1)), float(m.group(2))
         guest_status = None
         if "probe: exit status" in out:
             guest_status = int(re.findall(r"probe: exit status (-?\d+)", out)[-1])
@@ -159,21 +171,25 @@ class Vm:
             reason = last_error_line(err) or last_error_line(out) or f"exit status {code}, no guest exit line"
         else:
             reason = None
-        if not results and reason is None:
-            reason = "no result lines"
-        rows = {}
-        for qd in qds:
-            r = results.get(qd)
-            rows[qd] = {
-                "iops": r["iops"] if r else None, "mbps": r["mbps"] if r else None,
-                "p50_us": r["p50_us"] if r else None, "p99_us": r["p99_us"] if r else None,
-                "ios": r["ios"] if r else None, "vcpu_exits": exits,
-                "exits_per_io": (exits / total_ios) if (exits is not None and r and total_ios) else None,
-                "exit": code, "error": reason if (reason or not r) else None, "seconds": secs,
-            }
-            if not r and not rows[qd]["error"]:
-                rows[qd]["error"] = "no result line for this queue depth"
-        return rows
+        if result is None and reason is None:
+            reason = "no result line for this queue depth"
+        ios = result["ios"] if result else None
+
+        def per_io_us(ms):
+            return ms * 1000 / ios if (ms is not None and ios) else None
+        host_ms = None
+        if backend_ms is not None and vmm_exit_ms is not None:
+            host_ms = backend_ms + vmm_exit_ms + vmm_other_ms
+        return {
+            "iops": result["iops"] if result else None, "mbps": result["mbps"] if result else None,
+            "p50_us": result["p50_us"] if result else None, "p99_us": result["p99_us"] if result else None,
+            "ios": ios, "vcpu_exits": exits,
+            "exits_per_io": (exits / ios) if (exits is not None and ios) else None,
+            "backend_us_per_io": per_io_us(backend_ms),
+            "vmm_us_per_io": per_io_us(None if vmm_exit_ms is None else vmm_exit_ms + vmm_other_ms),
+            "host_us_per_io": per_io_us(host_ms),
+            "exit": code, "error": reason, "seconds": secs,
+        }
 
 
 class Fio:
@@ -190,7 +206,8 @@ class Fio:
         for qd in qds:
             code, out, err, secs = run_child(self.argv(rw, qd, seconds), self.timeout)
             row = {"iops": None, "mbps": None, "p50_us": None, "p99_us": None, "ios": None, "vcpu_exits": None,
-                   "exits_per_io": None, "exit": code, "error": None, "seconds": secs}
+                   "exits_per_io": None, "backend_us_per_io": None, "vmm_us_per_io": None, "host_us_per_io": None,
+                   "exit": code, "error": None, "seconds": secs}
             if code is None:
                 row["error"] = f"timed out after {self.timeout:.0f} s"
             else:
@@ -252,8 +269,9 @@ def plot(path, summary, systems, rws, qds):
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is missing (apt-get install python3-matplotlib); no plot"
-    colors = {"nitrovm": "tab:red", "qemu": "tab:blue", "fio": "tab:green"}
-    labels = {"nitrovm": "nitrovm (nitro card)", "qemu": "QEMU nvme", "fio": "host fio"}
+    colors = {"nitrovm": "tab:red", "xen": "tab:orange", "qemu": "tab:blue", "fio": "tab:green"}
+    labels = {"nitrovm": "nitrovm (nitro card)", "xen": "nitrovm (xen, dom0 blkback)", "qemu": "QEMU nvme",
+              "fio": "host fio"}
     styles = ["-", "--", ":", "-."]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     for sys_name in systems:
@@ -300,6 +318,7 @@ def main():
     ap.add_argument("--size", type=parse_size, default=parse_size("256M"), help="backing file size (default 256M)")
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "nvme"))
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--no-xen", action="store_true", help="skip nitrovm's xen I/O model")
     ap.add_argument("--no-qemu", action="store_true", help="skip QEMU")
     ap.add_argument("--no-fio", action="store_true", help="skip fio on the host")
     ap.add_argument("--keep-image", action="store_true", help=f"leave {IMAGE} in place afterwards")
@@ -321,28 +340,32 @@ def main():
     if not args.keep_image:
         atexit.register(remove_image)
     prep_s = prepare_image(IMAGE, args.size)
-    vm_timeout = 60 + args.seconds * len(qds) * 2
+    vm_timeout = 60 + args.seconds * 2
     fio_timeout = 60 + args.seconds * 2
 
-    systems = ["nitrovm"] + ([] if args.no_qemu else ["qemu"]) + ([] if args.no_fio else ["fio"])
+    systems = (["nitrovm"] + ([] if args.no_xen else ["xen"]) + ([] if args.no_qemu else ["qemu"]) +
+               ([] if args.no_fio else ["fio"]))
     runners = {}
     notes = []
 
-    def nitrovm_argv(rw):
-        return [nitrovm, "run", "--guest", "probe", "--vcpus", "1", "--memory", "512M",
-                "--timeout", str(vm_timeout - 10),
-                "--volume", f"{IMAGE},size={size_mib}M,iops=unlimited,mbps=unlimited", "--",
-                "nvme-bench", f"rw={rw}", "bs=4096", f"qd={','.join(map(str, qds))}", f"seconds={args.seconds}"]
-    runners["nitrovm"] = Vm("nitrovm", nitrovm_argv, vm_timeout)
+    def nitrovm_argv(io_model, workload):
+        def argv(rw, qd):
+            return [nitrovm, "run", "--guest", "probe", "--vcpus", "1", "--memory", "512M",
+                    "--timeout", str(vm_timeout - 10), "--io-model", io_model,
+                    "--volume", f"{IMAGE},size={size_mib}M,iops=unlimited,mbps=unlimited", "--",
+                    workload, f"rw={rw}", "bs=4096", f"qd={qd}", f"seconds={args.seconds}"]
+        return argv
+    runners["nitrovm"] = Vm("nitrovm", nitrovm_argv("nitro", "nvme-bench"), vm_timeout)
+    if "xen" in systems:
+        runners["xen"] = Vm("xen", nitrovm_argv("xen", "xen-bench"), vm_timeout)
 
     drive_opts = None
     if "qemu" in systems:
         drive_opts, why = qemu_drive_options(probe, IMAGE)
         if why:
             notes.append(f"QEMU: {why}; fell back to {drive_opts}")
-        runners["qemu"] = Vm("qemu", lambda rw: qemu_argv(
-            probe, IMAGE, drive_opts,
-            f"nvme-bench rw={rw} bs=4096 qd={','.join(map(str, qds))} seconds={args.seconds}"), vm_timeout)
+        runners["qemu"] = Vm("qemu", lambda rw, qd: qemu_argv(
+            probe, IMAGE, drive_opts, f"nvme-bench rw={rw} bs=4096 qd={qd} seconds={args.seconds}"), vm_timeout)
     fio_direct = fio_engine = None
     if "fio" in systems:
         fio_direct = 1 if o_direct_works(IMAGE) else 0
@@ -369,11 +392,13 @@ def main():
                         print(f"run {i} {name} {rw} qd={qd}: note: {rows[qd]['error']}", file=sys.stderr)
 
     header = ["run", "system", "rw", "bs", "qd", "iops", "mbps", "p50_us", "p99_us", "ios", "boot_vcpu_exits",
-              "exits_per_io", "exit", "seconds", "error"]
+              "exits_per_io", "backend_cpu_us_per_io", "vmm_cpu_us_per_io", "host_cpu_us_per_io", "exit", "seconds",
+              "error"]
     csv_rows = [[i, name, rw, 4096, qd, fmt_num(r["iops"]), fmt_num(r["mbps"], 1), fmt_num(r["p50_us"], 1),
                  fmt_num(r["p99_us"], 1), r["ios"], r["vcpu_exits"],
-                 None if r["exits_per_io"] is None else f"{r['exits_per_io']:.6f}", r["exit"],
-                 f"{r['seconds']:.2f}", r["error"]] for i, name, rw, qd, r in raw]
+                 None if r["exits_per_io"] is None else f"{r['exits_per_io']:.6f}",
+                 fmt_num(r["backend_us_per_io"], 3), fmt_num(r["vmm_us_per_io"], 3), fmt_num(r["host_us_per_io"], 3),
+                 r["exit"], f"{r['seconds']:.2f}", r["error"]] for i, name, rw, qd, r in raw]
     csv_path = os.path.join(args.out, "nvme.csv")
     common.write_csv(csv_path, header, csv_rows)
 
@@ -388,6 +413,9 @@ def main():
                     "p50_us": common.median([r["p50_us"] for r in rs]),
                     "p99_us": common.median([r["p99_us"] for r in rs]),
                     "exits_per_io": common.median([r["exits_per_io"] for r in rs]),
+                    "backend_us_per_io": common.median([r["backend_us_per_io"] for r in rs]),
+                    "vmm_us_per_io": common.median([r["vmm_us_per_io"] for r in rs]),
+                    "host_us_per_io": common.median([r["host_us_per_io"] for r in rs]),
                     "ok_runs": sum(1 for r in rs if r["iops"] is not None),
                     "error": errors[-1] if errors else None,
                 }
@@ -411,7 +439,7 @@ def main():
             for qd in qds:
                 s = summary[(name, rw, qd)]
                 if s["iops"] is None:
-                    table.append([name, rw, qd, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a",
+                    table.append([name, rw, qd, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a",
                                   note_for(f"{name} {rw}: {s['error']}")])
                     continue
                 rq, rf = ratio(name, rw, qd, "qemu"), ratio(name, rw, qd, "fio")
@@ -420,10 +448,13 @@ def main():
                     note = note_for(f"{name} {rw}: {s['ok_runs']}/{args.runs} runs ok; last failure: {s['error']}")
                 table.append([name, rw, qd, fmt_num(s["iops"]), fmt_us(s["p50_us"]), fmt_us(s["p99_us"]),
                               fmt_num(rq, 2) if rq else "-", fmt_num(rf, 2) if rf else "-",
-                              f"{s['exits_per_io']:.4f}" if s["exits_per_io"] is not None else "-", note])
+                              f"{s['exits_per_io']:.4f}" if s["exits_per_io"] is not None else "-",
+                              fmt_num(s["backend_us_per_io"], 2) or "-",
+                              fmt_num(s["vmm_us_per_io"], 2) or "-", note])
     summary_path = os.path.join(args.out, "nvme-summary.csv")
     common.write_csv(summary_path, ["system", "rw", "qd", "median_iops", "median_p50_us", "median_p99_us",
-                                    "iops_vs_qemu", "iops_vs_fio", "exits_per_io", "note"],
+                                    "iops_vs_qemu", "iops_vs_fio", "exits_per_io", "backend_cpu_us_per_io",
+                                    "vmm_cpu_us_per_io", "note"],
                      [r[:-1] + [reasons[int(r[-1][1:-1]) - 1] if r[-1] else None] for r in table])
 
     print(f"bench/nvme: 4 KiB {', '.join(rws)}, queue depths {','.join(map(str, qds))}, {args.seconds} s per "
@@ -432,6 +463,9 @@ def main():
     print(f"backing file: {IMAGE}, {size_mib} MiB of random data (written in {prep_s:.1f} s), the same for all")
     print(f"nitrovm: 1 vCPU, 512 MiB, --volume {IMAGE},size={size_mib}M,iops=unlimited,mbps=unlimited; "
           f"guest: probe nvme-bench (polled, shadow doorbells)")
+    if "xen" in systems:
+        print("xen: the same nitrovm with --io-model xen; guest: probe xen-bench (blkfront at CPL3, polled responses, "
+              "event-channel notifications through the vmm to dom0's blkback)")
     if "qemu" in systems:
         print(f"qemu: -M q35 -accel kvm -smp 1 -m 512, -device nvme,ioeventfd=on, drive {drive_opts}; same guest")
     if "fio" in systems:
@@ -440,7 +474,7 @@ def main():
         print(f"note: {n}")
     print("latency: guest = doorbell write -> completion found; fio = completion latency (clat)\n")
     common.print_table(["system", "rw", "qd", "median IOPS", "p50 µs", "p99 µs", "vs QEMU", "vs fio",
-                        "exits/IO", "note"], table)
+                        "exits/IO", "card|dom0 CPU µs/IO", "vmm CPU µs/IO", "note"], table)
     for k, text in enumerate(reasons):
         print(f"[{k + 1}] {text}")
 
@@ -479,6 +513,23 @@ def main():
         print(f"    nitrovm IOPS >= 3x QEMU:            {line1}")
         print(f"    nitrovm IOPS >= 50 % of host fio:   {line2}")
         print(f"    userspace exits per I/O ~ 0 (<0.01): {line3}")
+
+    if "xen" in systems:
+        print("\nxen against nitro (same guest, same backing file, medians):")
+        rows = []
+        for rw in rws:
+            for qd in qds:
+                x, n = summary[("xen", rw, qd)], summary[("nitrovm", rw, qd)]
+                rows.append([rw, qd, fmt_num(n["iops"]) or "n/a", fmt_num(x["iops"]) or "n/a",
+                             fmt_num(x["iops"] / n["iops"], 2) if x["iops"] and n["iops"] else "-",
+                             fmt_us(n["p99_us"]) or "n/a", fmt_us(x["p99_us"]) or "n/a",
+                             fmt_num(n["host_us_per_io"], 2) or "-", fmt_num(x["host_us_per_io"], 2) or "-",
+                             f"{n['exits_per_io']:.4f}" if n["exits_per_io"] is not None else "-",
+                             f"{x['exits_per_io']:.4f}" if x["exits_per_io"] is not None else "-"])
+        common.print_table(["rw", "qd", "nitro IOPS", "xen IOPS", "xen/nitro", "nitro p99 µs", "xen p99 µs",
+                            "nitro host CPU µs/IO", "xen host CPU µs/IO", "nitro exits/IO", "xen exits/IO"], rows)
+        print("host CPU per I/O outside the guest: nitro = card threads + vmm (exit handling, other threads); "
+              "xen = dom0 threads + vmm (hypercalls and other exits, the event thread)")
 
     print(f"\nCSV: {csv_path} (one row per run), {summary_path} (the table)")
     print(f"plot: {png_path}" if not plot_err else f"plot: {plot_err}")

@@ -6,6 +6,7 @@
 #   OUTDIR/kernel/                      the package unpacked, with modules.dep
 #   OUTDIR/kernel-version               its version string (uname -r)
 #   OUTDIR/vmlinuz                      the bzImage
+#   OUTDIR/vmlinux                      the same kernel uncompressed (a PVH ELF, for Xen mode)
 #   OUTDIR/initramfs.cpio.gz            busybox, /init, modules (newc, gzip)
 #
 # Environment:
@@ -116,6 +117,41 @@ if ! cmp -s "$kdir/boot/vmlinuz-$kver" "$out/vmlinuz"; then
     mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 fi
 
+# --- vmlinux: the uncompressed kernel, a PVH ELF ---------------------------------
+# Xen mode loads it directly, so that the vmm can find and rewrite the kernel's hypercall
+# instructions before the guest runs (docs/platform.md). The compressed payload's place is in
+# the bzImage header (payload_offset, payload_length), relative to the protected-mode code.
+if [ ! -s "$out/vmlinux" ] || [ "$out/vmlinuz" -nt "$out/vmlinux" ]; then
+    le32() { od -An -tu4 -j "$2" -N4 "$1" | tr -d ' '; }
+    setup_sects=$(od -An -tu1 -j 0x1f1 -N1 "$out/vmlinuz" | tr -d ' ')
+    [ "$setup_sects" = 0 ] && setup_sects=4
+    pm_start=$(((setup_sects + 1) * 512))
+    poff=$(le32 "$out/vmlinuz" $((0x248)))
+    plen=$(le32 "$out/vmlinuz" $((0x24c)))
+    [ "$poff" -gt 0 ] && [ "$plen" -gt 0 ] || die "$out/vmlinuz has no payload_offset/payload_length"
+    dd if="$out/vmlinuz" of="$out/payload.tmp" iflag=skip_bytes,count_bytes bs=1M \
+        skip=$((pm_start + poff)) count="$plen" status=none
+    magic=$(od -An -tx1 -N6 "$out/payload.tmp" | tr -d ' \n')
+    case "$magic" in
+    02214c18*) tool="lz4 -dc" pkgname=lz4 ;;
+    fd377a585a00*) tool="xz -dc" pkgname=xz-utils ;;
+    1f8b*) tool="gzip -dc" pkgname=gzip ;;
+    28b52ffd*) tool="zstd -dcq" pkgname=zstd ;;
+    *) die "$out/vmlinuz: unknown payload compression (magic $magic)" ;;
+    esac
+    if ! command -v "${tool%% *}" >/dev/null; then
+        [ "$(id -u)" = 0 ] || die "missing package: $pkgname (apt-get install it)"
+        apt-get install -y -qq "$pkgname" >/dev/null || die "apt-get install $pkgname failed"
+    fi
+    # lz4's legacy frames carry no end mark, so the tool may complain about the size field that
+    # follows the payload; the ELF check below decides.
+    $tool <"$out/payload.tmp" >"$out/vmlinux.tmp" 2>/dev/null || true
+    rm -f "$out/payload.tmp"
+    [ "$(head -c 4 "$out/vmlinux.tmp" | od -An -tx1 | tr -d ' \n')" = 7f454c46 ] ||
+        die "decompressing the payload of $out/vmlinuz did not give an ELF file"
+    mv "$out/vmlinux.tmp" "$out/vmlinux"
+fi
+
 # --- outb helper --------------------------------------------------------------
 work=$out/work
 mkdir -p "$work"
@@ -186,5 +222,6 @@ fi
 size() { awk -v s="$(stat -c %s "$1")" 'BEGIN { printf "%7.2f MiB", s / 1048576 }'; }
 echo "build-image: kernel $kver from $deb"
 printf '  %s  %s\n' "$(size "$out/vmlinuz")" "$out/vmlinuz"
+printf "  %s  %s\n" "$(size "$out/vmlinux")" "$out/vmlinux"
 printf '  %s  %s\n' "$(size "$img")" "$img"
 printf '  modules (load order): %s\n' "$(printf '%s; ' "${load_lines[@]}")"

@@ -8,6 +8,7 @@
  */
 #include "probe.h"
 #include "x86.h"
+#include "xen.h"
 
 /* Intel SDM vol. 3 §8.7: 64-bit TSS. */
 struct __attribute__((packed)) tss64 {
@@ -78,6 +79,24 @@ static void tss_install(uint32_t index) {
     __asm__ volatile("ltr %0" : : "r"(sel) : "memory");
 }
 
+/*
+ * With Xen's signature at CPUID 0x40000000, hand the vmm the hypercall page (base+2 EBX names the
+ * MSR). A wrmsr needs CPL0, and this is a handful of instructions; everything else about Xen
+ * happens at CPL3 (xen.c).
+ */
+static void xen_hypercall_page_setup(void) {
+    uint32_t r[4];
+    cpuid(0x40000000, 0, r);
+    if (r[1] != 0x566E6558 || r[2] != 0x65584D4D || r[3] != 0x4D4D566E || r[0] < 0x40000002) {
+        return; /* not "XenVMMXenVMM" */
+    }
+    cpuid(0x40000002, 0, r);
+    if (r[1] != 0) {
+        wrmsr(r[1], (uint64_t)xen_hypercall_page);
+        xen_hypercall_msr = r[1];
+    }
+}
+
 void cpu_start_cpl0(uint32_t index) {
     tss_install(index);
     __asm__ volatile("lidt %0" : : "m"(idt_ptr));
@@ -86,6 +105,7 @@ void cpu_start_cpl0(uint32_t index) {
          * LINT0 so its output drops while still routed, leaving nothing latched. */
         outb(PIC1_DATA, 0xFF);
         outb(PIC2_DATA, 0xFF);
+        xen_hypercall_page_setup();
     }
     lapic_write(LAPIC_SVR, 0x100 | VEC_SPURIOUS); /* software-enable the APIC */
     lapic_write(LAPIC_LVT_LINT0, LAPIC_LVT_MASKED);

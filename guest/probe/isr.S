@@ -47,6 +47,16 @@ isr_msi1:
 isr_spurious:
     iretq
 
+/*
+ * Xen event channel upcall: only counts. CPL3 code clears upcall_pending and scans the pending
+ * bits itself (xen.c), so the handler stays as short as the MSI ones.
+ */
+    .org ISR_XEN_UPCALL_OFF, 0xCC
+isr_xen_upcall:
+    lock incq xen_upcall_count(%rip)
+    movl $0, (LAPIC_EOI_ALIAS)
+    iretq
+
 isr_common:
     pushq %rax
     pushq %rbx
@@ -92,6 +102,7 @@ idt:
     .org 16 * VEC_MSI0, 0
     GATE ISR_MSI0_OFF
     GATE ISR_MSI1_OFF
+    GATE ISR_XEN_UPCALL_OFF /* VEC_XEN_UPCALL = VEC_MSI1 + 1 */
     .org 16 * VEC_SPURIOUS, 0
     GATE ISR_SPURIOUS_OFF
 idt_end:

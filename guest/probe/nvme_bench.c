@@ -6,18 +6,13 @@
  * Polled by default; irq=1 sleeps on the MSI-X handler's counter (vector 1) instead.
  * Writes carry the nvme-verify pattern of their blocks, so the disk stays checkable.
  */
+#include "bench.h"
 #include "nvme.h"
 #include "x86.h"
 
-#define MAX_QDS 8
 #define MAX_BS (1024u * 1024u)
 #define MAX_SECONDS 3600
 #define STALL_US 5000000 /* no completion for this long: give up */
-
-/* Log-linear latency histogram over TSC cycles: 32 linear steps per power of two (<= 3 %). */
-#define SUB_BITS 5
-#define SUBS (1u << SUB_BITS)
-#define HIST_BUCKETS (64u * SUBS)
 
 enum rw_kind { RANDREAD, RANDWRITE, SEQREAD, SEQWRITE };
 static const char* const rw_names[] = {"randread", "randwrite", "read", "write"};
@@ -25,7 +20,7 @@ static const char* const rw_names[] = {"randread", "randwrite", "read", "write"}
 struct bench_cfg {
     enum rw_kind rw;
     uint32_t bs;
-    uint32_t qds[MAX_QDS];
+    uint32_t qds[BENCH_MAX_QDS];
     unsigned n_qds;
     uint64_t seconds;
     uint64_t ctrl;
@@ -41,80 +36,11 @@ struct run_state {
 };
 
 static struct nvme_ctrl ctrls[NVME_MAX_CTRLS];
-static uint32_t hist[HIST_BUCKETS];
+static struct lat_hist hist;
 static uint64_t submit_tsc[NVME_IO_ENTRIES_MAX];
 static uint64_t slot_lba[NVME_IO_ENTRIES_MAX];
 static bool in_flight[NVME_IO_ENTRIES_MAX];
 static uint16_t free_cids[NVME_IO_ENTRIES_MAX];
-
-static unsigned bucket_of(uint64_t v) {
-    if (v < SUBS) {
-        return (unsigned)v;
-    }
-    unsigned msb = 63u - (unsigned)__builtin_clzll(v);
-    unsigned shift = msb - SUB_BITS;
-    return (shift + 1) * SUBS + (unsigned)((v >> shift) & (SUBS - 1));
-}
-
-/* Middle of a bucket, in cycles. */
-static uint64_t bucket_value(unsigned b) {
-    if (b < SUBS) {
-        return b;
-    }
-    unsigned shift = b / SUBS - 1;
-    uint64_t low = (uint64_t)(SUBS + b % SUBS) << shift;
-    return low + ((1ull << shift) >> 1);
-}
-
-static uint64_t percentile_cycles(uint64_t total, unsigned permille) {
-    uint64_t target = (total * permille + 999) / 1000;
-    uint64_t seen = 0;
-    for (unsigned b = 0; b < HIST_BUCKETS; b++) {
-        seen += hist[b];
-        if (seen >= target && seen > 0) {
-            return bucket_value(b);
-        }
-    }
-    return 0;
-}
-
-static uint64_t cycles_to_us(uint64_t cycles) {
-    return (cycles * 1000 + tsc_khz / 2) / tsc_khz;
-}
-
-static uint64_t xorshift64(uint64_t* s) {
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    *s = x;
-    return x;
-}
-
-static bool parse_qds(const char* s, struct bench_cfg* cfg) {
-    char word[16];
-    cfg->n_qds = 0;
-    while (*s != '\0') {
-        size_t n = 0;
-        while (s[n] != '\0' && s[n] != ',' && n + 1 < sizeof(word)) {
-            word[n] = s[n];
-            n++;
-        }
-        word[n] = '\0';
-        uint64_t qd;
-        if (cfg->n_qds == MAX_QDS || !parse_u64(word, &qd) || qd < 1 || qd > NVME_QD_MAX) {
-            return false;
-        }
-        cfg->qds[cfg->n_qds++] = (uint32_t)qd;
-        s += n;
-        if (*s == ',') {
-            s++;
-        } else if (*s != '\0') {
-            return false;
-        }
-    }
-    return cfg->n_qds > 0;
-}
 
 static bool parse_args(int argc, char** argv, struct bench_cfg* cfg) {
     for (int i = 1; i < argc; i++) {
@@ -143,7 +69,7 @@ static bool parse_args(int argc, char** argv, struct bench_cfg* cfg) {
             ok = num && n >= 512 && n <= MAX_BS && (n & 511) == 0;
             cfg->bs = (uint32_t)n;
         } else if (strcmp(a, "qd") == 0) {
-            ok = parse_qds(v, cfg);
+            ok = bench_parse_qds(v, cfg->qds, &cfg->n_qds, NVME_QD_MAX);
         } else if (strcmp(a, "seconds") == 0) {
             ok = num && n >= 1 && n <= MAX_SECONDS;
             cfg->seconds = n;
@@ -173,7 +99,7 @@ static uint64_t next_lba(const struct bench_cfg* cfg, uint64_t slots, uint32_t n
                          uint64_t* seq) {
     uint64_t slot;
     if (cfg->rw == RANDREAD || cfg->rw == RANDWRITE) {
-        slot = xorshift64(rng) % slots;
+        slot = bench_xorshift64(rng) % slots;
     } else {
         slot = *seq;
         *seq = *seq + 1 == slots ? 0 : *seq + 1;
@@ -204,7 +130,7 @@ static int reap_all(struct nvme_ctrl* c, struct run_state* r, uint32_t* inflight
             }
         } else {
             r->ios++;
-            hist[bucket_of(now - submit_tsc[e.cid])]++;
+            lat_hist_add(&hist, now - submit_tsc[e.cid]);
         }
         in_flight[e.cid] = false;
         free_cids[(*nfree)++] = e.cid;
@@ -220,7 +146,7 @@ static int reap_all(struct nvme_ctrl* c, struct run_state* r, uint32_t* inflight
 
 static bool run_one(struct nvme_ctrl* c, const struct bench_cfg* cfg, uint32_t qd, uint8_t* bufs,
                     struct run_state* r) {
-    memset(hist, 0, sizeof(hist));
+    lat_hist_clear(&hist);
     memset(in_flight, 0, sizeof(in_flight));
     memset(r, 0, sizeof(*r));
     uint32_t nblk = cfg->bs >> c->lba_shift;
@@ -311,19 +237,8 @@ static bool run_one(struct nvme_ctrl* c, const struct bench_cfg* cfg, uint32_t q
 
 static void report(const struct nvme_ctrl* c, const struct bench_cfg* cfg, uint32_t qd,
                    const struct run_state* r, bool ok) {
-    uint64_t elapsed = r->last_completion > r->start ? r->last_completion - r->start : 1;
-    uint64_t us = elapsed * 1000 / tsc_khz;
-    us = us ? us : 1;
-    uint64_t iops = r->ios * 1000000 / us;
-    /* MiB/s with one decimal; KiB first keeps the products inside 64 bits. */
-    uint64_t mbps10 = ((r->bytes / 1024) * 10000000 / 1024 + us / 2) / us;
-    printk(
-        "result: workload=nvme-bench rw=%s bs=%u qd=%u iops=%llu mbps=%llu.%llu p50_us=%llu "
-        "p99_us=%llu\n",
-        rw_names[cfg->rw], cfg->bs, qd, (unsigned long long)iops, (unsigned long long)(mbps10 / 10),
-        (unsigned long long)(mbps10 % 10),
-        (unsigned long long)cycles_to_us(percentile_cycles(r->ios, 500)),
-        (unsigned long long)cycles_to_us(percentile_cycles(r->ios, 990)));
+    uint64_t us = bench_print_result("nvme-bench", rw_names[cfg->rw], cfg->bs, qd, r->ios,
+                                     r->start, r->last_completion, &hist);
     printk(
         "nvme-bench: ctrl %u %s ios=%llu errors=%llu elapsed_ms=%llu irq=%d shadow=%d "
         "irqs=%llu sq_mmio=%llu sq_shadow_only=%llu cq_mmio=%llu cq_shadow_only=%llu "
@@ -332,7 +247,7 @@ static void report(const struct nvme_ctrl* c, const struct bench_cfg* cfg, uint3
         (unsigned long long)(us / 1000), c->irq, c->shadow, (unsigned long long)r->irqs,
         (unsigned long long)r->sq_mmio, (unsigned long long)r->sq_shadow_only,
         (unsigned long long)r->cq_mmio, (unsigned long long)r->cq_shadow_only,
-        (unsigned long long)cycles_to_us(percentile_cycles(r->ios, 999)));
+        (unsigned long long)lat_hist_percentile_us(&hist, 999));
 }
 
 int workload_nvme_bench(int argc, char** argv) {

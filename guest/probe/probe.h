@@ -35,6 +35,7 @@
 /* Interrupt vectors beyond the exceptions. */
 #define VEC_MSI0 0x40
 #define VEC_MSI1 0x41
+#define VEC_XEN_UPCALL 0x42 /* the per-vCPU event channel upcall (HVMOP_set_evtchn_upcall_vector) */
 #define VEC_SPURIOUS 0xFF
 
 /*
@@ -51,6 +52,7 @@
 #define ISR_MSI0_OFF 0x200
 #define ISR_MSI1_OFF 0x220
 #define ISR_SPURIOUS_OFF 0x240
+#define ISR_XEN_UPCALL_OFF 0x260
 
 /* The AP real-mode trampoline runs from this page; SIPI vector = page number. */
 #define TRAMPOLINE_PA 0x8000
@@ -157,12 +159,14 @@ void* ram_alloc(uint64_t bytes, uint64_t align); /* zeroed; NULL (with a message
 uint64_t ram_mark(void);
 void ram_release(uint64_t mark); /* frees everything allocated since ram_mark() */
 
-/* ---- workloads (workloads.c, msi.c, nvme_verify.c, nvme_bench.c) ---- */
+/* ---- workloads (workloads.c, msi.c, nvme_verify.c, nvme_bench.c, xen_verify.c, xen_bench.c) */
 int run_workload(int argc, char** argv);
 int workload_spin(int argc, char** argv); /* spin.c */
 int workload_msi(int argc, char** argv);
 int workload_nvme_verify(int argc, char** argv);
 int workload_nvme_bench(int argc, char** argv);
+int workload_xen_verify(int argc, char** argv);
+int workload_xen_bench(int argc, char** argv);
 
 /* ---- small libc replacements (lib.c) ---- */
 void* memset(void* dst, int c, size_t n);

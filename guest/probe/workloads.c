@@ -1,6 +1,7 @@
 /*
  * Workload dispatch and the small workloads: `exit N`, `smp` and `fault`. `msi` is in msi.c,
- * `nvme-verify` in nvme_verify.c, `nvme-bench` in nvme_bench.c.
+ * `nvme-verify` in nvme_verify.c, `nvme-bench` in nvme_bench.c, `xen-verify` in xen_verify.c,
+ * `xen-bench` in xen_bench.c.
  * Each returns the probe's exit status.
  */
 #include "probe.h"
@@ -94,6 +95,12 @@ int run_workload(int argc, char** argv) {
     }
     if (strcmp(argv[0], "nvme-bench") == 0) {
         return workload_nvme_bench(argc, argv);
+    }
+    if (strcmp(argv[0], "xen-verify") == 0) {
+        return workload_xen_verify(argc, argv);
+    }
+    if (strcmp(argv[0], "xen-bench") == 0) {
+        return workload_xen_bench(argc, argv);
     }
     printk("probe: unknown workload '%s'\n", argv[0]);
     return 2;

@@ -68,6 +68,11 @@ static inline void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
                      : "a"(leaf), "c"(sub));
 }
 
+/* CPL0 only. */
+static inline void wrmsr(uint32_t msr, uint64_t v) {
+    __asm__ volatile("wrmsr" : : "c"(msr), "a"((uint32_t)v), "d"((uint32_t)(v >> 32)) : "memory");
+}
+
 static inline uint64_t read_cr2(void) {
     uint64_t v;
     __asm__ volatile("mov %%cr2, %0" : "=r"(v));

@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> guest_args;
     std::string io_model = "auto";
     std::vector<std::string> volumes;
+    bool xen_patch = false;
     std::optional<std::uint64_t> instance_iops, instance_mbps;
     run->add_option("--guest", guest, "probe or linux (selects default kernel, initrd, command line)")
         ->check(CLI::IsMember({"probe", "linux"}))->capture_default_str();
@@ -64,11 +65,17 @@ int main(int argc, char** argv) {
     run->add_option("--timeout", timeout_s, "seconds before the VM is stopped (0: none); exit status 124");
     run->add_option("--interactive", interactive, "feed stdin to the guest console: auto, yes, no")
         ->check(CLI::IsMember({"auto", "yes", "no"}));
-    run->add_option("--io-model", io_model, "none or nitro (auto: nitro when volumes are given)")
-        ->check(CLI::IsMember({"auto", "none", "nitro"}));
+    run->add_option("--io-model", io_model,
+                    "none, nitro (NVMe from the card) or xen (Xen ABI, disks from dom0); auto: nitro when "
+                    "volumes are given")
+        ->check(CLI::IsMember({"auto", "none", "nitro", "xen"}));
+    run->add_flag("--xen-patch-hypercalls", xen_patch,
+                  "xen: rewrite the vmmcall/vmcall of a PVH ELF kernel (a vmlinux) into port I/O, for kernels "
+                  "without a hypercall page (unsupported binary patching)");
     run->add_option("--volume", volumes,
                     "PATH[,size=64M][,iops=N][,mbps=N][,ram]: an EBS volume as an NVMe controller (repeatable; "
-                    "nvme0n1, nvme1n1, ... in order); a missing file with a size is created")
+                    "nvme0n1, nvme1n1, ... in order; with --io-model xen a disk from dom0: xvda, xvdb, ...); "
+                    "a missing file with a size is created")
         ->allow_extra_args(false);  // one value per --volume, so "-- ARGS" stays the guest's
     run->add_option("--instance-iops", instance_iops, "the instance's EBS IOPS cap, shared by its volumes (card)");
     run->add_option("--instance-mbps", instance_mbps, "the instance's EBS bandwidth cap in MiB/s, shared (card)");
@@ -96,8 +103,13 @@ int main(int argc, char** argv) {
     for (const auto& v : volumes) {
         if (auto spec = nitro_card::storage::parse_volume_spec(v); !spec) return usage_error(spec.error().message);
     }
-    if (io_model == "none" && !volumes.empty()) return usage_error("--volume needs --io-model nitro");
+    if (io_model == "none" && !volumes.empty()) return usage_error("--volume needs --io-model nitro or xen");
+    if (xen_patch && io_model != "xen") return usage_error("--xen-patch-hypercalls needs --io-model xen");
+    if (io_model == "xen") cfg.io_model = hypervisor::IoModel::Xen;
+    else if (io_model == "nitro" || (io_model == "auto" && !volumes.empty())) cfg.io_model = hypervisor::IoModel::Nitro;
     cfg.volumes = volumes;
+    cfg.xen_patch_hypercalls = xen_patch;
+    cfg.probe_guest = guest == "probe";
     if (instance_iops) cfg.card_args.insert(cfg.card_args.end(), {"--instance-iops", std::to_string(*instance_iops)});
     if (instance_mbps) cfg.card_args.insert(cfg.card_args.end(), {"--instance-mbps", std::to_string(*instance_mbps)});
     cfg.log_level = log_level;
@@ -106,6 +118,7 @@ int main(int argc, char** argv) {
     if (!args) return usage_error(args.error().message);
     fs::path base = build_dir();
     cfg.card_binary = (base / "bin" / "nitro-card").string();
+    cfg.dom0_binary = (base / "bin" / "xen-dom0").string();
     if (guest == "probe") {
         cfg.kernel = kernel.empty() ? (base / "guest" / "probe.elf").string() : kernel;
         cfg.initrd = initrd;
@@ -116,6 +129,7 @@ int main(int argc, char** argv) {
         cfg.initrd = initrd.empty() && kernel.empty() ? (base / "images" / "initramfs.cpio.gz").string() : initrd;
         cfg.cmdline = cmdline.empty() ? kLinuxCmdline : cmdline;
         if (!args->empty()) cfg.cmdline += " -- " + *args;
+        cfg.elf_is_linux = true;
     }
     if (!fs::is_regular_file(cfg.kernel))
         return usage_error(fmt::format("kernel {} does not exist or is not a file", cfg.kernel));

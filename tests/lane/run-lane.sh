@@ -182,6 +182,7 @@ fi
 cp "$smoke" "$root/bin/kvm-smoke"
 
 cp "$img_dir/vmlinuz" "$img_dir/initramfs.cpio.gz" "$root/images/"
+[ -f "$img_dir/vmlinux" ] && cp "$img_dir/vmlinux" "$root/images/"  # Xen mode boots it as a PVH ELF
 probe=$bin_dir/../guest/probe.elf
 [ -f "$probe" ] && cp "$probe" "$root/images/probe.elf"
 for spec in "${extra_files[@]}"; do

@@ -207,6 +207,44 @@ TEST_CASE("PVH ELF: missing note, bad class and segments outside RAM are refused
     CHECK(detect_kernel(junk) == KernelFormat::Unknown);
 }
 
+TEST_CASE("vmlinux: loaded at its physical addresses, entered at startup_64 with boot_params") {
+    auto mem = ram(64ull << 20);
+    auto f = fake_pvh(0x100040);
+    Elf64_Ehdr eh;
+    std::memcpy(&eh, f.data(), sizeof eh);
+    eh.e_entry = 0x100010;  // vmlinux: the physical address of startup_64
+    std::memcpy(f.data(), &eh, sizeof eh);
+    std::vector<std::uint8_t> initrd(5000, 0x3c);
+    auto e = load_vmlinux(mem, f, "console=ttyS0 -- sh", initrd, 0xe0000);
+    REQUIRE(e.has_value());
+    CHECK(e->mode == EntryMode::Linux64);
+    CHECK(e->rip == 0x100010);
+    CHECK(e->arg == layout::kZeroPage);
+    CHECK(*mem.read_obj<std::uint8_t>(GuestAddr(0x100000)) == 0xaa);
+    auto zp = layout::kZeroPage;
+    CHECK(*mem.read_obj<std::uint32_t>(GuestAddr(zp + 0x202)) == 0x53726448);  // HdrS
+    CHECK(*mem.read_obj<std::uint16_t>(GuestAddr(zp + 0x1fe)) == 0xaa55);
+    CHECK(*mem.read_obj<std::uint32_t>(GuestAddr(zp + 0x228)) == layout::kCmdline);
+    CHECK(*mem.read_obj<std::uint64_t>(GuestAddr(zp + 0x070)) == 0xe0000);  // acpi_rsdp_addr
+    CHECK(*mem.read_obj<std::uint8_t>(GuestAddr(zp + 0x1e8)) == 4);  // E820 entries
+    auto rd = *mem.read_obj<std::uint32_t>(GuestAddr(zp + 0x218));
+    CHECK(*mem.read_obj<std::uint32_t>(GuestAddr(zp + 0x21c)) == initrd.size());
+    CHECK(*mem.read_obj<std::uint8_t>(GuestAddr(rd)) == 0x3c);
+    CHECK(rd >= 0x102000);  // above the image and its bss
+}
+
+TEST_CASE("vmlinux: an entry outside the image is refused") {
+    auto mem = ram(64ull << 20);
+    auto f = fake_pvh(0x100040);
+    Elf64_Ehdr eh;
+    std::memcpy(&eh, f.data(), sizeof eh);
+    eh.e_entry = 0x3000000;
+    std::memcpy(f.data(), &eh, sizeof eh);
+    auto e = load_vmlinux(mem, f, "", {});
+    REQUIRE_FALSE(e.has_value());
+    CHECK(e.error().message.find("entry") != std::string::npos);
+}
+
 TEST_CASE("boot tables: identity page tables for 4 GiB and flat segments") {
     auto mem = ram(64ull << 20);
     REQUIRE(write_boot_tables(mem, EntryMode::Linux64));

@@ -22,6 +22,10 @@ inline constexpr std::uint64_t kMmioHoleStart = 0xC0000000;  // PCI window up to
 inline constexpr std::uint64_t kPciMmioEnd = 0xFEC00000;
 inline constexpr std::uint64_t kIoApic = 0xFEC00000;
 inline constexpr std::uint64_t kLapic = 0xFEE00000;
+// Xen mode: the platform device's BAR1 (16 MiB, grant frames in its first pages) opens the PCI
+// window, other BARs follow it; its BAR0 is 256 ports at 0xC000.
+inline constexpr std::uint64_t kXenPlatformBar1 = kMmioHoleStart;
+inline constexpr std::uint16_t kXenPlatformIo = 0xC000;
 inline constexpr std::uint64_t kKvmIdentityMap = 0xFFFBC000;  // 1 page, outside RAM
 inline constexpr std::uint64_t kKvmTss = 0xFFFBD000;          // 3 pages, outside RAM
 inline constexpr std::uint64_t k4G = 0x100000000ull;

@@ -52,6 +52,65 @@ Result<std::uint64_t> place_initrd(const GuestMemory& mem, std::uint64_t size, s
     return (top - size) & ~0xfffull;
 }
 
+// Loads an ELF64 x86-64 image's PT_LOAD segments at their physical addresses (zeroing what the
+// file does not cover) and returns the end of the highest one.
+Result<std::uint64_t> load_elf_segments(const GuestMemory& mem, std::span<const std::uint8_t> f) {
+    Elf64_Ehdr eh;
+    if (!read_at(f, 0, eh) || std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0)
+        return fail(Error::invalid("not an ELF file"));
+    if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_machine != EM_X86_64)
+        return fail(Error::invalid("not an ELF64 x86-64 image"));
+    if (eh.e_phentsize != sizeof(Elf64_Phdr)) return fail(Error::invalid("bad program header size"));
+    std::uint64_t image_end = 0;
+    bool loaded = false;
+    for (std::uint32_t i = 0; i < eh.e_phnum; ++i) {
+        Elf64_Phdr ph;
+        if (!read_at(f, eh.e_phoff + std::uint64_t{i} * sizeof ph, ph))
+            return fail(Error::invalid("program headers run past the end of the file"));
+        if (ph.p_type != PT_LOAD) continue;
+        if (ph.p_filesz > ph.p_memsz) return fail(Error::invalid("segment file size exceeds its memory size"));
+        if (ph.p_offset > f.size() || f.size() - ph.p_offset < ph.p_filesz)
+            return fail(Error::invalid("segment runs past the end of the file"));
+        auto dst = mem.slice(GuestAddr(ph.p_paddr), ph.p_memsz);
+        if (!dst)
+            return fail(Error::invalid(fmt::format(
+                "segment at {:#x}+{:#x} is outside guest memory", ph.p_paddr, ph.p_memsz)));
+        if (ph.p_paddr < layout::kHighMem)
+            return fail(Error::invalid(fmt::format("segment at {:#x} is below 1 MiB", ph.p_paddr)));
+        std::memcpy(dst->data(), f.data() + ph.p_offset, ph.p_filesz);
+        std::memset(dst->data() + ph.p_filesz, 0, ph.p_memsz - ph.p_filesz);
+        image_end = std::max(image_end, ph.p_paddr + ph.p_memsz);
+        loaded = true;
+    }
+    if (!loaded) return fail(Error::invalid("ELF has no loadable segment"));
+    return image_end;
+}
+
+// The part of boot_params that does not depend on the kernel's own header: the initrd (placed
+// as high as it may go, above `floor`, below `limit`) and the E820 map; then writes the page.
+common::Status finish_boot_params(const GuestMemory& mem, std::vector<std::uint8_t>& zp,
+                                  std::span<const std::uint8_t> initrd, std::uint64_t floor,
+                                  std::uint64_t limit) {
+    auto put = [&](std::size_t off, auto v) { std::memcpy(zp.data() + off, &v, sizeof v); };
+    if (!initrd.empty()) {
+        auto at = place_initrd(mem, initrd.size(), (floor + 0xfff) & ~0xfffull, limit);
+        if (!at) return fail(std::move(at.error()));
+        if (auto s = mem.write(GuestAddr(*at), bytes_of(initrd)); !s) return fail(std::move(s.error()));
+        put(0x218, static_cast<std::uint32_t>(*at));
+        put(0x21c, static_cast<std::uint32_t>(initrd.size()));
+    }
+    auto map = e820_map(mem.table().regions());
+    if (map.size() > 128) return fail(Error::invalid("too many E820 entries"));
+    put(0x1e8, static_cast<std::uint8_t>(map.size()));
+    for (std::size_t i = 0; i < map.size(); ++i) {
+        std::size_t o = 0x2d0 + i * 20;
+        put(o, map[i].addr);
+        put(o + 8, map[i].size);
+        put(o + 16, map[i].type);
+    }
+    return mem.write(GuestAddr(layout::kZeroPage), std::as_bytes(std::span(zp)));
+}
+
 }  // namespace
 
 KernelFormat detect_kernel(std::span<const std::uint8_t> f) {
@@ -102,29 +161,8 @@ Result<BootEntry> load_pvh(const GuestMemory& mem, std::span<const std::uint8_t>
                            std::uint64_t rsdp) {
     auto entry = pvh_entry(f);
     if (!entry) return fail(std::move(entry.error()));
-    Elf64_Ehdr eh;
-    read_at(f, 0, eh);
-    std::uint64_t image_end = 0;
-    bool loaded = false;
-    for (std::uint32_t i = 0; i < eh.e_phnum; ++i) {
-        Elf64_Phdr ph;
-        read_at(f, eh.e_phoff + std::uint64_t{i} * sizeof ph, ph);
-        if (ph.p_type != PT_LOAD) continue;
-        if (ph.p_filesz > ph.p_memsz) return fail(Error::invalid("segment file size exceeds its memory size"));
-        if (ph.p_offset > f.size() || f.size() - ph.p_offset < ph.p_filesz)
-            return fail(Error::invalid("segment runs past the end of the file"));
-        auto dst = mem.slice(GuestAddr(ph.p_paddr), ph.p_memsz);
-        if (!dst)
-            return fail(Error::invalid(fmt::format(
-                "segment at {:#x}+{:#x} is outside guest memory", ph.p_paddr, ph.p_memsz)));
-        if (ph.p_paddr < layout::kHighMem)
-            return fail(Error::invalid(fmt::format("segment at {:#x} is below 1 MiB", ph.p_paddr)));
-        std::memcpy(dst->data(), f.data() + ph.p_offset, ph.p_filesz);
-        std::memset(dst->data() + ph.p_filesz, 0, ph.p_memsz - ph.p_filesz);
-        image_end = std::max(image_end, ph.p_paddr + ph.p_memsz);
-        loaded = true;
-    }
-    if (!loaded) return fail(Error::invalid("ELF has no loadable segment"));
+    auto image_end = load_elf_segments(mem, f);
+    if (!image_end) return fail(std::move(image_end.error()));
     if (auto s = write_cmdline(mem, cmdline); !s) return fail(std::move(s.error()));
 
     // struct hvm_start_info (xen/include/public/arch-x86/hvm/start_info.h), version 1.
@@ -141,7 +179,7 @@ Result<BootEntry> load_pvh(const GuestMemory& mem, std::span<const std::uint8_t>
     constexpr std::uint64_t kMemmap = layout::kStartInfo + 0x80;
     StartInfo si{kHvmStartMagic, 1, 0, 0, 0, layout::kCmdline, rsdp, kMemmap, 0, 0};
     if (!initrd.empty()) {
-        auto at = place_initrd(mem, initrd.size(), (image_end + 0xfff) & ~0xfffull, layout::kMmioHoleStart);
+        auto at = place_initrd(mem, initrd.size(), (*image_end + 0xfff) & ~0xfffull, layout::kMmioHoleStart);
         if (!at) return fail(std::move(at.error()));
         if (auto s = mem.write(GuestAddr(*at), bytes_of(initrd)); !s) return fail(std::move(s.error()));
         if (auto s = mem.write_obj(GuestAddr(kMods), ModEntry{*at, initrd.size(), 0, 0}); !s)
@@ -201,25 +239,41 @@ Result<BootEntry> load_bzimage(const GuestMemory& mem, std::span<const std::uint
     put(0x228, static_cast<std::uint32_t>(layout::kCmdline));     // cmd_line_ptr
     put(0x1fa, std::uint16_t{0xffff});                            // vid_mode: normal
     put(0x070, rsdp);                                             // acpi_rsdp_addr
-    if (!initrd.empty()) {
-        auto at = place_initrd(mem, initrd.size(), (kernel_end + 0xfff) & ~0xfffull,
-                               std::uint64_t{initrd_max} + 1);
-        if (!at) return fail(std::move(at.error()));
-        if (auto s = mem.write(GuestAddr(*at), bytes_of(initrd)); !s) return fail(std::move(s.error()));
-        put(0x218, static_cast<std::uint32_t>(*at));
-        put(0x21c, static_cast<std::uint32_t>(initrd.size()));
-    }
-    auto map = e820_map(mem.table().regions());
-    if (map.size() > 128) return fail(Error::invalid("too many E820 entries"));
-    put(0x1e8, static_cast<std::uint8_t>(map.size()));
-    for (std::size_t i = 0; i < map.size(); ++i) {
-        std::size_t o = 0x2d0 + i * 20;
-        put(o, map[i].addr);
-        put(o + 8, map[i].size);
-        put(o + 16, map[i].type);
-    }
-    if (auto s = mem.write(GuestAddr(layout::kZeroPage), bytes_of(zp)); !s) return fail(std::move(s.error()));
+    if (auto st = finish_boot_params(mem, zp, initrd, kernel_end, std::uint64_t{initrd_max} + 1); !st)
+        return fail(std::move(st.error()));
     return BootEntry{EntryMode::Linux64, layout::kHighMem + 0x200, layout::kZeroPage};
+}
+
+Result<BootEntry> load_vmlinux(const GuestMemory& mem, std::span<const std::uint8_t> f,
+                               const std::string& cmdline, std::span<const std::uint8_t> initrd,
+                               std::uint64_t rsdp) {
+    auto image_end = load_elf_segments(mem, f);
+    if (!image_end) return fail(std::move(image_end.error()));
+    Elf64_Ehdr eh;
+    read_at(f, 0, eh);
+    // vmlinux's ELF entry is the physical address of startup_64.
+    if (eh.e_entry < layout::kHighMem || eh.e_entry >= *image_end || !mem.slice(GuestAddr(eh.e_entry), 1))
+        return fail(Error::invalid(fmt::format("ELF entry {:#x} is not inside the loaded image", eh.e_entry)));
+    if (auto s = write_cmdline(mem, cmdline); !s) return fail(std::move(s.error()));
+
+    // A boot_params as a bootloader fills it for boot protocol 2.15; the kernel image has no
+    // real-mode header of its own to copy.
+    std::vector<std::uint8_t> zp(4096, 0);
+    auto put = [&](std::size_t off, auto v) { std::memcpy(zp.data() + off, &v, sizeof v); };
+    put(0x1fa, std::uint16_t{0xffff});                            // vid_mode: normal
+    put(0x1fe, std::uint16_t{0xaa55});                            // boot_flag
+    put(0x202, std::uint32_t{0x53726448});                        // "HdrS"
+    put(0x206, std::uint16_t{0x020f});                            // protocol 2.15
+    put(0x210, std::uint8_t{0xff});                               // type_of_loader: undefined
+    put(0x211, std::uint8_t{0x01 | 0x80});                        // LOADED_HIGH | CAN_USE_HEAP
+    put(0x224, std::uint16_t{0xfe00});                            // heap_end_ptr
+    put(0x228, static_cast<std::uint32_t>(layout::kCmdline));     // cmd_line_ptr
+    put(0x22c, std::uint32_t{0x7fffffff});                        // initrd_addr_max
+    put(0x238, static_cast<std::uint32_t>(layout::kCmdlineMax - 1));  // cmdline_size
+    put(0x070, rsdp);                                             // acpi_rsdp_addr
+    if (auto st = finish_boot_params(mem, zp, initrd, *image_end, 0x80000000ull); !st)
+        return fail(std::move(st.error()));
+    return BootEntry{EntryMode::Linux64, eh.e_entry, layout::kZeroPage};
 }
 
 }  // namespace hypervisor

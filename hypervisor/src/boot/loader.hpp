@@ -51,4 +51,14 @@ enum class KernelFormat { PvhElf, BzImage, Unknown };
                                                      std::span<const std::uint8_t> initrd,
                                                      std::uint64_t rsdp = 0);
 
+// Loads a Linux vmlinux (ELF64) at its physical addresses and enters it at startup_64 through
+// the 64-bit boot protocol, as a bootloader does after decompressing a bzImage: boot_params
+// with command line, initrd and E820 map. Linux then takes its native (or, with Xen CPUID
+// leaves, its Xen HVM) path; the PVH entry of the same file would make it a Xen PVH guest.
+[[nodiscard]] common::Result<BootEntry> load_vmlinux(const common::GuestMemory& mem,
+                                                     std::span<const std::uint8_t> elf,
+                                                     const std::string& cmdline,
+                                                     std::span<const std::uint8_t> initrd,
+                                                     std::uint64_t rsdp = 0);
+
 }  // namespace hypervisor

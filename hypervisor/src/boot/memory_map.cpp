@@ -23,6 +23,10 @@ std::vector<E820Entry> e820_map(const std::vector<common::MemoryRegion>& regions
             m.push_back({layout::kMpTable, layout::kEbdaEnd - layout::kMpTable, kE820Reserved});
             m.push_back({layout::kAcpi, layout::kHighMem - layout::kAcpi, kE820Reserved});
             if (e > layout::kHighMem) m.push_back({layout::kHighMem, e - layout::kHighMem, kE820Ram});
+        } else if (b >= layout::kPciMmioEnd && b < layout::k4G) {
+            m.push_back({b, e - b, kE820Reserved});  // firmware-style pages (the Xen special area)
+        } else if (b >= layout::kMmioHoleStart && b < layout::kPciMmioEnd) {
+            continue;  // memory behind a PCI BAR (Xen grant frames): the BAR describes it
         } else {
             m.push_back({b, e - b, kE820Ram});
         }

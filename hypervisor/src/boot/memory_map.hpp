@@ -20,6 +20,8 @@ inline constexpr std::uint32_t kE820Reserved = 2;
 std::vector<common::MemoryRegion> ram_regions(std::uint64_t ram_bytes);
 
 // The E820 map for those regions: base memory, reserved MP table and BIOS area, high RAM.
+// Other regions by where they lie: between the I/O APIC and 4 GiB (the Xen special area) they
+// are reserved; inside the PCI MMIO window (memory behind a BAR) they are left out.
 std::vector<E820Entry> e820_map(const std::vector<common::MemoryRegion>& regions);
 
 }  // namespace hypervisor

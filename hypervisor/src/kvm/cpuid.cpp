@@ -1,5 +1,7 @@
 #include "kvm/cpuid.hpp"
 
+#include <algorithm>
+
 namespace hypervisor {
 
 std::vector<kvm_cpuid_entry2> filter_cpuid(std::vector<kvm_cpuid_entry2> entries,
@@ -46,6 +48,28 @@ std::vector<kvm_cpuid_entry2> filter_cpuid(std::vector<kvm_cpuid_entry2> entries
                 break;
         }
     }
+    return entries;
+}
+
+std::vector<kvm_cpuid_entry2> xen_cpuid(std::vector<kvm_cpuid_entry2> entries, std::uint32_t vcpu_id) {
+    std::erase_if(entries, [](const kvm_cpuid_entry2& e) { return e.function >= 0x40000000 && e.function < 0x50000000; });
+    auto leaf = [&](std::uint32_t fn, std::uint32_t a, std::uint32_t b, std::uint32_t c, std::uint32_t d) {
+        kvm_cpuid_entry2 e{};
+        e.function = fn;
+        e.eax = a;
+        e.ebx = b;
+        e.ecx = c;
+        e.edx = d;
+        entries.push_back(e);
+    };
+    constexpr std::uint32_t base = 0x40000000;
+    leaf(base, base + 4, 0x566e6558, 0x65584d4d, 0x4d4d566e);  // "XenV" "MMXe" "nVMM"
+    leaf(base + 1, (4u << 16) | 17u, 0, 0, 0);                // Xen 4.17
+    leaf(base + 2, 1, 0x40000000, 0, 0);                       // one hypercall page, its MSR
+    leaf(base + 3, 0, 0, 0, 0);                                // no pvclock
+    leaf(base + 4, (1u << 3) | (1u << 6), vcpu_id, 0, 0);     // VCPU_ID_PRESENT | UPCALL_VECTOR
+    for (auto& e : entries)
+        if (e.function == 1) e.ecx |= 1u << 31;
     return entries;
 }
 

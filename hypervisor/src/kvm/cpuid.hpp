@@ -21,4 +21,11 @@ namespace hypervisor {
 std::vector<kvm_cpuid_entry2> filter_cpuid(std::vector<kvm_cpuid_entry2> supported,
                                            std::uint32_t vcpu_id, std::uint32_t vcpu_count);
 
+// Xen mode (reference §3.2): every hypervisor leaf KVM offers (0x40000000-0x4FFFFFFF) is
+// removed, so the guest sees no KVM (no kvmclock), and the Xen leaves are added at 0x40000000:
+// signature "XenVMMXenVMM" with max leaf base+4, version 4.17, one hypercall page through MSR
+// 0x40000000, and base+4 = VCPU_ID_PRESENT | UPCALL_VECTOR with EBX = this vCPU's index (its
+// Xen vcpu_id, equal to its ACPI processor UID). Leaf 1 keeps the hypervisor bit.
+std::vector<kvm_cpuid_entry2> xen_cpuid(std::vector<kvm_cpuid_entry2> filtered, std::uint32_t vcpu_id);
+
 }  // namespace hypervisor

@@ -198,6 +198,31 @@ Status KvmVm::signal_msi(std::uint64_t address, std::uint32_t data) {
     return {};
 }
 
+Status KvmVm::enable_user_space_msr() {
+    kvm_enable_cap c{};
+    c.cap = KVM_CAP_X86_USER_SPACE_MSR;
+    c.args[0] = KVM_MSR_EXIT_REASON_FILTER;
+    return check(xioctl(fd_.get(), KVM_ENABLE_CAP, &c), "KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)");
+}
+
+Status KvmVm::filter_msr_writes(std::uint32_t index) {
+    std::uint8_t bitmap[1] = {0};  // a clear bit denies: the access exits to userspace
+    kvm_msr_filter f{};
+    f.flags = KVM_MSR_FILTER_DEFAULT_ALLOW;
+    f.ranges[0].flags = KVM_MSR_FILTER_WRITE;
+    f.ranges[0].nmsrs = 1;
+    f.ranges[0].base = index;
+    f.ranges[0].bitmap = bitmap;
+    return check(xioctl(fd_.get(), KVM_X86_SET_MSR_FILTER, &f), fmt::format("KVM_X86_SET_MSR_FILTER {:#x}", index));
+}
+
+Status KvmVm::xen_intercept_hypercalls(std::uint32_t msr) {
+    kvm_xen_hvm_config c{};
+    c.flags = KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL;
+    c.msr = msr;
+    return check(xioctl(fd_.get(), KVM_XEN_HVM_CONFIG, &c), "KVM_XEN_HVM_CONFIG");
+}
+
 Result<KvmVcpu> KvmVm::create_vcpu(std::uint32_t id, int mmap_size) {
     int fd = xioctl(fd_.get(), KVM_CREATE_VCPU, static_cast<unsigned long>(id));
     if (fd < 0) return fail(Error::from_errno(fmt::format("KVM_CREATE_VCPU {}", id)));

@@ -64,6 +64,13 @@ public:
                      std::optional<std::uint64_t> datamatch = std::nullopt);
     Status irq_line(std::uint32_t irq, bool level);
     Status signal_msi(std::uint64_t address, std::uint32_t data);
+    // MSR accesses denied by the filter exit to userspace (KVM_CAP_X86_USER_SPACE_MSR with
+    // KVM_MSR_EXIT_REASON_FILTER); then guest writes of MSR `index` are denied, so they exit.
+    Status enable_user_space_msr();
+    Status filter_msr_writes(std::uint32_t index);
+    // KVM_XEN_HVM_CONFIG with INTERCEPT_HCALL: KVM fills the hypercall page on a write of
+    // `msr` and hands every Xen hypercall to userspace as KVM_EXIT_XEN.
+    Status xen_intercept_hypercalls(std::uint32_t msr);
     [[nodiscard]] Result<KvmVcpu> create_vcpu(std::uint32_t id, int mmap_size);
 
 private:

@@ -20,11 +20,15 @@ ConfigSpace::ConfigSpace(const PciIds& ids) {
     wmask_[reg::INTERRUPT_LINE] = 0xff;
 }
 
-void ConfigSpace::add_bar(unsigned idx, std::uint64_t size, BarKind kind, std::uint64_t address) {
+void ConfigSpace::set_interrupt_pin(std::uint8_t pin) { data_[reg::INTERRUPT_PIN] = pin; }
+
+void ConfigSpace::add_bar(unsigned idx, std::uint64_t size, BarKind kind, std::uint64_t address,
+                          bool prefetchable) {
     bars_.at(idx) = BarInfo{size, kind};
     std::uint32_t off = reg::BAR0 + idx * 4;
     std::uint64_t mask = ~(size - 1);
     std::uint32_t flags = kind == BarKind::Io ? 0x1 : (kind == BarKind::Mem64 ? 0x4 : 0x0);
+    if (prefetchable && kind != BarKind::Io) flags |= 0x8;
     std::uint32_t lo = static_cast<std::uint32_t>(address & mask) | flags;
     std::uint32_t lo_mask = static_cast<std::uint32_t>(mask) & (kind == BarKind::Io ? ~0x3u : ~0xfu);
     std::memcpy(&data_[off], &lo, 4);

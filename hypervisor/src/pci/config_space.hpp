@@ -40,7 +40,10 @@ public:
     explicit ConfigSpace(const PciIds& ids);
 
     // Declares BAR idx (a 64-bit BAR takes idx and idx+1) with its initial address.
-    void add_bar(unsigned idx, std::uint64_t size, BarKind kind, std::uint64_t address);
+    void add_bar(unsigned idx, std::uint64_t size, BarKind kind, std::uint64_t address,
+                 bool prefetchable = false);
+    // INTx pin (1 = INTA#); read-only to the guest.
+    void set_interrupt_pin(std::uint8_t pin);
     // Appends a capability; body[0] is the id, body[1] (next) is filled in. write_mask has
     // the same length. Returns the capability's offset.
     std::uint8_t add_capability(std::span<const std::uint8_t> body, std::span<const std::uint8_t> write_mask);

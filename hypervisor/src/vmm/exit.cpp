@@ -30,6 +30,12 @@ VcpuExit decode_exit(const kvm_run& run, std::size_t mmap_size) {
             return FailEntryExit{run.fail_entry.hardware_entry_failure_reason};
         case KVM_EXIT_HLT:
             return HltExit{};
+        case KVM_EXIT_X86_RDMSR:
+        case KVM_EXIT_X86_WRMSR:
+            return MsrExit{run.msr.index, run.msr.data, run.exit_reason == KVM_EXIT_X86_WRMSR};
+        case KVM_EXIT_XEN:
+            if (run.xen.type != KVM_EXIT_XEN_HCALL) return UnknownExit{run.exit_reason};
+            return XenHcallExit{};
         case KVM_EXIT_INTR:
         case KVM_EXIT_IRQ_WINDOW_OPEN:
             return IgnoredExit{};

@@ -29,9 +29,15 @@ struct FailEntryExit { std::uint64_t reason; };
 struct HltExit {};
 struct IgnoredExit {};  // KVM_EXIT_INTR and friends: just run again
 struct UnknownExit { std::uint32_t reason; };
+// KVM_EXIT_X86_RDMSR / WRMSR: an MSR access KVM's filter sent to userspace (the Xen
+// hypercall-page MSR). The handler sets kvm_run.msr.error (1 = #GP) and, for reads, data.
+struct MsrExit { std::uint32_t index; std::uint64_t data; bool write; };
+// KVM_EXIT_XEN with type KVM_EXIT_XEN_HCALL: a Xen hypercall intercepted by KVM; the handler
+// writes kvm_run.xen.u.hcall.result.
+struct XenHcallExit {};
 
 using VcpuExit = std::variant<PioExit, MmioExit, ShutdownExit, SystemEventExit, InternalErrorExit,
-                              FailEntryExit, HltExit, IgnoredExit, UnknownExit>;
+                              FailEntryExit, HltExit, IgnoredExit, UnknownExit, MsrExit, XenHcallExit>;
 
 // mmap_size bounds the string-I/O data area; a malformed exit becomes UnknownExit.
 [[nodiscard]] VcpuExit decode_exit(const kvm_run& run, std::size_t mmap_size);

@@ -14,8 +14,13 @@
 
 namespace hypervisor {
 
+enum class IoModel { None, Nitro, Xen };
+
 struct MachineConfig {
     std::string kernel;      // PVH ELF or bzImage
+    // How an ELF kernel is entered: through its PVH note (the probe), or, for a Linux vmlinux,
+    // at startup_64 with boot_params (load_vmlinux), which keeps Linux on its HVM path.
+    bool elf_is_linux = false;
     std::string initrd;      // optional
     std::string cmdline;
     std::uint32_t vcpus = 1;
@@ -23,9 +28,16 @@ struct MachineConfig {
     std::optional<std::chrono::milliseconds> timeout;
     bool interactive = false;  // feed stdin to the serial port
     std::string kvm_path = "/dev/kvm";
-    // The nitro I/O model: one NVMe controller per volume spec, served by the card process.
+    // The I/O model. nitro: one NVMe controller per volume spec, served by the card process.
+    // xen: the Xen ABI in the vmm, the volumes served by dom0 as xvda, xvdb, ...
+    IoModel io_model = IoModel::None;
     std::vector<std::string> volumes;
     std::string card_binary;
+    std::string dom0_binary;
+    // Xen mode: rewrite vmmcall/vmcall of a PVH ELF kernel into port I/O (xen/hypercall_patch.hpp).
+    bool xen_patch_hypercalls = false;
+    // The probe guest: its Xen frontend may make hypercalls from CPL3.
+    bool probe_guest = false;
     std::vector<std::string> card_args;  // extra card options, e.g. the instance's EBS caps
     std::string log_level = "info";
 };

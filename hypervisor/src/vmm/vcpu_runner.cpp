@@ -1,5 +1,9 @@
 #include "vmm/vcpu_runner.hpp"
 
+#include <time.h>
+
+#include <chrono>
+
 #include <spdlog/spdlog.h>
 
 #include <cerrno>
@@ -28,8 +32,17 @@ void VcpuRunner::run_loop() {
             break;
         }
         exits_.fetch_add(1, std::memory_order_relaxed);
-        if (!handle(decode_exit(*vcpu_.run_state(), mmap_size_))) break;
+        const auto t0 = std::chrono::steady_clock::now();
+        const bool go_on = handle(decode_exit(*vcpu_.run_state(), mmap_size_));
+        handling_ns_.fetch_add(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now() - t0).count()),
+                               std::memory_order_relaxed);
+        if (!go_on) break;
     }
+    // This thread's CPU time (guest time included), read by the machine's exit log.
+    timespec ts{};
+    if (::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
+        cpu_ns_.store(static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec));
     exited_.store(true);
 }
 
@@ -60,6 +73,18 @@ bool VcpuRunner::handle(const VcpuExit& e) {
                 report_crash(fmt::format("VM entry failed, hardware reason {:#x}", x.reason));
                 return false;
             },
+            [&](const MsrExit& x) {
+                auto& m = vcpu_.run_state()->msr;
+                std::uint64_t data = x.data;
+                bool ok = hooks_ && hooks_->msr(vcpu_, x.index, x.write, data);
+                m.error = ok ? 0 : 1;
+                if (ok && !x.write) m.data = data;
+                return true;
+            },
+            [&](const XenHcallExit&) {
+                if (hooks_) hooks_->xen_hypercall(vcpu_, vcpu_.run_state()->xen);
+                return true;
+            },
             [&](const UnknownExit& x) {
                 report_crash(fmt::format("unexpected exit reason {}", x.reason));
                 return false;
@@ -69,6 +94,7 @@ bool VcpuRunner::handle(const VcpuExit& e) {
 }
 
 void VcpuRunner::handle_pio(const PioExit& e) {
+    if (hooks_ && e.write && e.count == 1 && hooks_->port_write(vcpu_, e.port)) return;
     auto* base = reinterpret_cast<std::uint8_t*>(vcpu_.run_state()) + e.data_offset;
     for (std::uint32_t i = 0; i < e.count; ++i) {
         std::span<std::uint8_t> d(base + i * e.size, e.size);
