@@ -16,7 +16,8 @@ a = ap.parse_args()
 with Client(a.socket) as c:
     models = [io_name(m) for m in c.host().io_models if m != types_pb.IO_MODEL_NONE]
     for model in models:
-        iid = c.run(a.type, ["nvme-bench", "rw=randread", "bs=4096", "qd=1,32", f"seconds={a.seconds}"],
+        bench = "xen-bench" if model == "xen" else "nvme-bench"
+        iid = c.run(a.type, [bench, "rw=randread", "bs=4096", "qd=1,32", f"seconds={a.seconds}"],
                     io_model=model, volumes_mib=[64])[0]
         inst = c.wait([iid], timeout=a.seconds * 4 + 60)[0]
         results = [ln for ln in c.console(iid).splitlines() if ln.startswith("result:")]

@@ -42,7 +42,7 @@ int usage_error(const std::string& msg) {
 }
 
 // The I/O models the vmm offers, from its own help text.
-std::vector<v1::IoModel> probe_io_models(const fs::path& nitrovm, const fs::path& card) {
+std::vector<v1::IoModel> probe_io_models(const fs::path& nitrovm, const fs::path& card, const fs::path& dom0) {
     std::vector<v1::IoModel> out;
     std::string cmd = fmt::format("'{}' run --help 2>&1", nitrovm.string());
     std::string text;
@@ -55,7 +55,7 @@ std::vector<v1::IoModel> probe_io_models(const fs::path& nitrovm, const fs::path
     auto line = text.find("--io-model");
     auto io = line == std::string::npos ? std::string() : text.substr(line, text.find('\n', line) - line);
     if (io.find("nitro") != std::string::npos && ::access(card.c_str(), X_OK) == 0) out.push_back(v1::IO_MODEL_NITRO);
-    if (io.find("xen") != std::string::npos) out.push_back(v1::IO_MODEL_XEN);
+    if (io.find("xen") != std::string::npos && ::access(dom0.c_str(), X_OK) == 0) out.push_back(v1::IO_MODEL_XEN);
     return out;
 }
 
@@ -120,7 +120,8 @@ int main(int argc, char** argv) {
     cfg.vcpus = host_vcpus;
     cfg.memory_mib = mem_mib;
     cfg.stop_grace_seconds = grace;
-    cfg.io_models = probe_io_models(nitrovm, fs::path(nitrovm).parent_path() / "nitro-card");
+    cfg.io_models = probe_io_models(nitrovm, fs::path(nitrovm).parent_path() / "nitro-card",
+                                    fs::path(nitrovm).parent_path() / "xen-dom0");
     auto manager = hostd::instances::InstanceManager::open(cfg, *catalog);
     if (!manager) return usage_error(manager.error().message);
 

@@ -118,8 +118,9 @@ def test_fleet(h):
         time.sleep(0.3)
         a = c.run("t3.micro", ["nvme-verify"], io_model="nitro", volumes_mib=[16])[0]
         b = c.run("m5.large", ["exit", "7"], io_model="none")[0]
-        if "IO_MODEL_XEN" in models:
-            third = c.run("i3.large", ["smp"])[0]  # a Xen type: its default I/O model
+        xen = "IO_MODEL_XEN" in models
+        if xen:  # i3.large is a Xen-era type: xen is its default I/O model
+            third = c.run("i3.large", ["xen-verify"], volumes_mib=[16])[0]
         else:
             third = c.run("c6i.large", ["smp"], io_model="none")[0]
         ids = [a, b, third]
@@ -131,7 +132,9 @@ def test_fleet(h):
         check(by[a].exit_status == 0 and by[a].io_model == types_pb.IO_MODEL_NITRO, "t3.micro nvme-verify on the nitro card: 0")
         check(by[a].vcpus == 2, "t3.micro has 2 vCPUs")
         check(by[b].exit_status == 7 and by[b].state_reason == "the guest exited with status 7", "m5.large exit 7")
-        check(by[third].exit_status == 0, f"{by[third].instance_type} smp: 0")
+        check(by[third].exit_status == 0, f"{by[third].instance_type} {by[third].guest_args[0]}: 0")
+        if xen:
+            check(by[third].io_model == types_pb.IO_MODEL_XEN, "i3.large ran on its default I/O model, xen")
         check(len(c.volumes()) == 0, "the launch volume went with its instance (delete_on_termination)")
         ca = c.console(a)
         check("banner cpus=2" in ca and "probe: exit status 0" in ca, "console of the t3.micro has the banner and status")
