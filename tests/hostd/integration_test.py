@@ -135,6 +135,9 @@ def test_fleet(h):
         check(by[third].exit_status == 0, f"{by[third].instance_type} {by[third].guest_args[0]}: 0")
         if xen:
             check(by[third].io_model == types_pb.IO_MODEL_XEN, "i3.large ran on its default I/O model, xen")
+            mx = c.metrics([third]).instances[0]
+            check(mx.io_reads > 0 and mx.io_writes > 0, f"xen I/O in the metrics: {mx.io_reads} reads, "
+                  f"{mx.io_writes} writes, {mx.vcpu_exits} VM exits")
         check(len(c.volumes()) == 0, "the launch volume went with its instance (delete_on_termination)")
         ca = c.console(a)
         check("banner cpus=2" in ca and "probe: exit status 0" in ca, "console of the t3.micro has the banner and status")

@@ -84,13 +84,17 @@ std::string last_line(const fs::path& p) {
     return nl == std::string::npos ? s : s.substr(nl + 1);
 }
 
-// The vmm's "N vCPU exits" and the card's per-volume lines from the instance's vmm.log.
+// The vmm's "N vCPU exits" and the card's or dom0's per-volume lines from the instance's vmm.log.
 v1::InstanceMetrics exit_reports(const fs::path& log) {
     v1::InstanceMetrics m;
     static const std::regex exits(R"(VM ended after \d+ ms \(.*\), (\d+) vCPU exits)");
     static const std::regex io(
         R"(nvme\d+ \S+: \d+ I/O commands \((\d+) reads, (\d+) writes\), (\d+) MiB read, (\d+) MiB written, \d+ errors; )"
         R"(throttled (\d+) commands for ([\d.]+) ms)");
+    // dom0's per-disk line (the xen model).
+    static const std::regex xvd(
+        R"(xvd[a-z]+ \(.*\): \d+ requests \((\d+) reads, (\d+) writes, \d+ flushes\), (\d+) bytes read, (\d+) bytes )"
+        R"(written, .* throttled (\d+) requests for ([\d.]+) ms)");
     std::istringstream in(slurp(log));
     std::string line;
     std::smatch g;
@@ -101,6 +105,14 @@ v1::InstanceMetrics exit_reports(const fs::path& log) {
             m.set_io_writes(m.io_writes() + std::stoull(g[2]));
             m.set_io_read_mib(m.io_read_mib() + std::stoull(g[3]));
             m.set_io_write_mib(m.io_write_mib() + std::stoull(g[4]));
+            m.set_io_throttled_commands(m.io_throttled_commands() + std::stoull(g[5]));
+            m.set_io_throttled_ms(m.io_throttled_ms() + std::stod(g[6]));
+        }
+        if (std::regex_search(line, g, xvd)) {
+            m.set_io_reads(m.io_reads() + std::stoull(g[1]));
+            m.set_io_writes(m.io_writes() + std::stoull(g[2]));
+            m.set_io_read_mib(m.io_read_mib() + (std::stoull(g[3]) >> 20));
+            m.set_io_write_mib(m.io_write_mib() + (std::stoull(g[4]) >> 20));
             m.set_io_throttled_commands(m.io_throttled_commands() + std::stoull(g[5]));
             m.set_io_throttled_ms(m.io_throttled_ms() + std::stod(g[6]));
         }
