@@ -78,6 +78,12 @@ TEST_CASE("dom0: attach creates the domain's xenstore nodes") {
     CHECK(g.xs_read(p + "/store/ring-ref") == std::to_string(abi::kXenstorePfn));
     CHECK(g.xs_read(p + "/control/shutdown") == "");
     CHECK_FALSE(g.xs_read(p + "/memory/target").has_value());
+    // The guest may read but not change what dom0 says about it; its own directories it may.
+    CHECK_FALSE(g.xs_write(p + "/domid", "0"));
+    CHECK_FALSE(g.xs_write(p + "/store/ring-ref", "1"));
+    CHECK(g.xs_read(p + "/domid") == "1");
+    CHECK(g.xs_write(p + "/data/x", "y"));
+    CHECK(g.xs_write(p + "/control/shutdown", "poweroff"));
     CHECK(g.xs_read(p + "/device/vbd/51712/backend") == "/local/domain/0/backend/vbd/1/51712");
     CHECK(g.xs_read(p + "/device/vbd/51728/virtual-device") == "51728");
     CHECK(g.xs_read(p + "/device/vbd/51712/state") == "1");

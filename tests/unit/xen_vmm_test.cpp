@@ -17,6 +17,7 @@
 #include "xen/event_channels.hpp"
 #include "xen/hypercall_patch.hpp"
 #include "xen/hypercalls.hpp"
+#include "xen/page_walk.hpp"
 #include "xen/platform_device.hpp"
 #include "xen/xen_domain.hpp"
 #include "xen_model/abi/xen_abi.hpp"
@@ -516,4 +517,30 @@ TEST_CASE("MADT: processor UID = APIC id = vCPU index (Xen vcpu_id of APs is the
         ++cpus;
     }
     CHECK(cpus == n);
+}
+
+TEST_CASE("page walk: 4-level paging with 4 KiB, 2 MiB and 1 GiB pages; paging off; 32-bit modes left to KVM") {
+    auto m = ram();
+    // PML4 at 0x1000, PDPT at 0x2000, PD at 0x3000, PT at 0x4000.
+    constexpr std::uint64_t P = 1, PS = 1ull << 7;
+    std::uint64_t gva4k = 0xffff800000201000ull;  // PML4 256, PDPT 0, PD 1, PT 1
+    set_u64(m, 0x1000 + 256 * 8, 0x2000 | P);
+    set_u64(m, 0x2000 + 0 * 8, 0x3000 | P);
+    set_u64(m, 0x3000 + 1 * 8, 0x4000 | P);
+    set_u64(m, 0x4000 + 1 * 8, 0x7000 | P | (1ull << 63));  // NX bit is not part of the address
+    set_u64(m, 0x3000 + 2 * 8, 0x200000 | P | PS);           // 2 MiB page at PD 2
+    set_u64(m, 0x2000 + 1 * 8, 0x40000000 | P | PS);         // 1 GiB page at PDPT 1
+    PagingState st{0x80000011, 0x1000, 0x20, 0x500};
+    auto w = walk_page_tables(m, st, gva4k + 0x123);
+    CHECK(w.handled);
+    CHECK(w.gpa == 0x7123);
+    CHECK(walk_page_tables(m, st, 0xffff800000400000ull + 0x12345).gpa == 0x212345);
+    CHECK(walk_page_tables(m, st, 0xffff800040000000ull + 0x1234567).gpa == 0x41234567);
+    CHECK_FALSE(walk_page_tables(m, st, 0xffff800000202000ull).gpa);  // PT entry 2 not present
+    CHECK_FALSE(walk_page_tables(m, st, 0x1000).gpa);                 // PML4 0 not present
+    // A table pointer outside guest memory is "not mapped", never a crash.
+    set_u64(m, 0x3000 + 3 * 8, 0x7fff0000000ull | P);
+    CHECK_FALSE(walk_page_tables(m, st, 0xffff800000600000ull).gpa);
+    CHECK(walk_page_tables(m, PagingState{0x11, 0, 0, 0}, 0x5678).gpa == 0x5678);  // paging off
+    CHECK_FALSE(walk_page_tables(m, PagingState{0x80000011, 0x1000, 0x20, 0}, 0x5678).handled);  // 32-bit
 }

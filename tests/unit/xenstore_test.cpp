@@ -372,19 +372,80 @@ TEST_CASE("xenstore store: transactions") {
         CHECK(sink->paths().size() == 2);
         CHECK(s.read(1, *tx, "device").error() == XsError::NoEnt);  // the id is gone
     }
-    SUBCASE("a change since the start makes a writing commit fail with EAGAIN") {
+    SUBCASE("a change to what the transaction saw makes a writing commit fail with EAGAIN") {
+        // xenbus_switch_state: read state, write state, commit; the backend writes it meanwhile.
+        REQUIRE(s.write(1, 0, "device/vbd/51712/state", "1"));
         auto tx = s.transaction_start(1);
         REQUIRE(tx);
+        CHECK(*s.read(1, *tx, "device/vbd/51712/state") == "1");
         REQUIRE(s.write(1, *tx, "device/vbd/51712/state", "3"));
-        REQUIRE(s.write(0, 0, "/local/domain/0/backend/vbd/1/51712/state", "2"));
+        REQUIRE(s.write(0, 0, "/local/domain/1/device/vbd/51712/state", "5"));
         CHECK(s.transaction_end(1, *tx, true).error() == XsError::Again);
-        CHECK(s.read(0, 0, "/local/domain/1/device/vbd/51712/state").error() == XsError::NoEnt);
+        CHECK(*s.read(0, 0, "/local/domain/1/device/vbd/51712/state") == "5");
+        // Only read, then the read node changed: still a conflict for a writing transaction.
+        tx = s.transaction_start(1);
+        CHECK(*s.read(1, *tx, "device/vbd/51712/state") == "5");
+        REQUIRE(s.write(1, *tx, "data/copy", "5"));
+        REQUIRE(s.write(0, 0, "/local/domain/1/device/vbd/51712/state", "6"));
+        CHECK(s.transaction_end(1, *tx, true).error() == XsError::Again);
+        CHECK(s.read(0, 0, "/local/domain/1/data/copy").error() == XsError::NoEnt);
+        // Found missing, then made by someone else.
+        tx = s.transaction_start(1);
+        CHECK(s.read(1, *tx, "device/vbd/51712/ring-ref").error() == XsError::NoEnt);
+        REQUIRE(s.write(1, *tx, "device/vbd/51712/ring-ref", "8"));
+        REQUIRE(s.write(0, 0, "/local/domain/1/device/vbd/51712/ring-ref", "9"));
+        CHECK(s.transaction_end(1, *tx, true).error() == XsError::Again);
+        // A child appearing under a directory the transaction listed.
+        tx = s.transaction_start(1);
+        CHECK(s.directory(1, *tx, "device/vbd")->size() == 1);
+        REQUIRE(s.write(1, *tx, "device/vbd/51712/x", "1"));
+        REQUIRE(s.mkdir(0, 0, "/local/domain/1/device/vbd/51728"));
+        CHECK(s.transaction_end(1, *tx, true).error() == XsError::Again);
+        // A node the transaction read and removed was written meanwhile.
+        tx = s.transaction_start(1);
+        CHECK(*s.read(1, *tx, "device/vbd/51728") == "");
+        REQUIRE(s.rm(1, *tx, "device/vbd/51728"));
+        REQUIRE(s.write(0, 0, "/local/domain/1/device/vbd/51728", "v"));
+        CHECK(s.transaction_end(1, *tx, true).error() == XsError::Again);
+        CHECK(*s.read(0, 0, "/local/domain/1/device/vbd/51728") == "v");
+        // A node the transaction overwrote blind was removed meanwhile: its parent is gone.
+        tx = s.transaction_start(1);
+        REQUIRE(s.write(1, *tx, "device/vbd/51728/x", "1"));
+        REQUIRE(s.rm(0, 0, "/local/domain/1/device/vbd/51728"));
+        CHECK(s.transaction_end(1, *tx, true).error() == XsError::Again);
         // A transaction that only read commits: its reads were one snapshot.
         auto ro = s.transaction_start(1);
         REQUIRE(ro);
         CHECK(*s.read(1, *ro, "domid") == "1");
         REQUIRE(s.write(0, 0, "/local/domain/1/domid", "1"));
         CHECK(s.transaction_end(1, *ro, true));
+    }
+    SUBCASE("unrelated commits do not fail a transaction; its changes are replayed") {
+        auto sink2 = std::make_shared<RecordingSink>();
+        REQUIRE(s.watch(0, "/local/domain/2", "w2", sink2));
+        sink2->take();
+        auto t1 = s.transaction_start(1);
+        auto t2 = s.transaction_start(2);
+        REQUIRE(t1);
+        REQUIRE(t2);
+        CHECK(s.read(1, *t1, "device/vbd/51712/state").error() == XsError::NoEnt);
+        REQUIRE(s.write(1, *t1, "device/vbd/51712/state", "3"));
+        REQUIRE(s.write(1, *t1, "device/vbd/51712/ring-ref", "8"));
+        REQUIRE(s.write(2, *t2, "device/vbd/51712/state", "3"));
+        // Siblings and other guests change meanwhile, and the backend writes its own nodes.
+        REQUIRE(s.write(0, 0, "/local/domain/0/backend/vbd/1/51712/state", "2"));
+        REQUIRE(s.write(0, 0, "/local/domain/1/device/vbd/51712/backend-id", "0"));
+        REQUIRE(s.write(2, 0, "data/noise", "x"));
+        REQUIRE(s.transaction_end(2, *t2, true));
+        REQUIRE(s.transaction_end(1, *t1, true));
+        CHECK(*s.read(0, 0, "/local/domain/1/device/vbd/51712/state") == "3");
+        CHECK(*s.read(0, 0, "/local/domain/1/device/vbd/51712/ring-ref") == "8");
+        CHECK(*s.read(0, 0, "/local/domain/1/device/vbd/51712/backend-id") == "0");
+        CHECK(*s.read(0, 0, "/local/domain/2/device/vbd/51712/state") == "3");
+        CHECK(*s.read(0, 0, "/local/domain/2/data/noise") == "x");
+        CHECK(s.directory(0, 0, "/local/domain/1/device/vbd/51712")->size() == 3);
+        CHECK(sink->paths().size() == 3);  // backend-id, then the transaction's two writes
+        CHECK(sink2->paths().size() == 2);
     }
     SUBCASE("abort drops the writes; ids belong to their domain; rm inside") {
         auto tx = s.transaction_start(1);

@@ -6,6 +6,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <chrono>
@@ -55,7 +56,13 @@ struct Inbox {
     void push(InboxEvent e) {
         {
             std::lock_guard lk(mu);
-            q.push_back(e);
+            // The handler reads the current state, so one pending change stands for many: a
+            // guest that rewrites its state node in a loop cannot grow the queue.
+            const bool coalesce = e.kind == InboxEvent::Kind::FrontendChanged &&
+                                  std::any_of(q.begin(), q.end(), [](const InboxEvent& x) {
+                                      return x.kind == InboxEvent::Kind::FrontendChanged;
+                                  });
+            if (!coalesce) q.push_back(e);
         }
         (void)wake.signal();
     }

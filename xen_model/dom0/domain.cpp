@@ -208,12 +208,22 @@ void Domain::run() {
             {dpath + "/control/shutdown", ""},
             {dpath + "/control/feature-poweroff", "1"},
             {dpath + "/control/feature-reboot", "1"},
+            {dpath + "/control/platform-feature-xs_reset_watches", "1"},
             {dpath + "/store/port", std::to_string(a.store_port)},
             {dpath + "/store/ring-ref", store_pfn},
         };
         for (const auto& [path, value] : nodes) {
             if (auto r = store_.write(0, 0, path, value); !r) {
                 error = AttachError{EIO, fmt::format("xenstore write {}: {}", path, xenstore::to_wire(r.error()))};
+                break;
+            }
+        }
+        if (error) break;
+        // dom0's own facts about the domain: readable, not writable, by the guest.
+        for (const char* key : {"domid", "name", "store/port", "store/ring-ref",
+                                "control/platform-feature-xs_reset_watches"}) {
+            if (auto r = store_.set_perms(0, 0, dpath + "/" + key, 0, {st.domid}); !r) {
+                error = AttachError{EIO, fmt::format("xenstore set_perms {}/{}: {}", dpath, key, xenstore::to_wire(r.error()))};
                 break;
             }
         }

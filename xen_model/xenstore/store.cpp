@@ -30,7 +30,14 @@ struct Node {
     DomId owner = 0;
     std::vector<DomId> readers;
     std::map<std::string, NodePtr, std::less<>> children;
+    // The commit that last changed this node's value, permissions or set of children (a
+    // transaction's own changes carry kTxStamp). Transactions compare these at commit.
+    std::uint64_t gen = 0;
 };
+
+constexpr std::uint64_t kTxStamp = ~std::uint64_t{0};
+constexpr std::uint64_t kAbsent = 0;  // gens of existing nodes start at 1
+constexpr std::uint64_t kExists = ~std::uint64_t{0} - 1;
 
 struct Usage {
     std::size_t nodes = 0;
@@ -56,6 +63,16 @@ Comps split(std::string_view abs) {
         pos = end + 1;
     }
     return out;
+}
+
+std::string join(const Comps& c, std::size_t depth) {
+    if (depth == 0) return "/";
+    std::string s;
+    for (std::size_t i = 0; i < depth; ++i) {
+        s.push_back('/');
+        s.append(c[i]);
+    }
+    return s;
 }
 
 bool is_domid(std::string_view s, DomId d) { return s == std::to_string(d); }
@@ -155,9 +172,11 @@ private:
     std::map<DomId, Entry> d_;
 };
 
-// Replaces the node at depth ch.size()-1.. along c with `leaf`, copying its ancestors; missing
-// ancestors (between the existing chain and the leaf) are created empty with default owners.
-void rebuild(Tree& t, const Comps& c, const std::vector<const Node*>& ch, DomId caller, NodePtr leaf) {
+// Replaces the node at depth c.size() with `leaf` (nullptr removes it), copying its ancestors;
+// missing ancestors (below the existing chain `ch`) are created empty with default owners. A
+// node whose set of children changes is stamped.
+void rebuild(Tree& t, const Comps& c, const std::vector<const Node*>& ch, DomId caller, NodePtr leaf,
+             std::uint64_t stamp) {
     NodePtr child = std::move(leaf);
     for (std::size_t d = c.size(); d-- > 0;) {
         std::shared_ptr<Node> parent;
@@ -167,6 +186,7 @@ void rebuild(Tree& t, const Comps& c, const std::vector<const Node*>& ch, DomId 
             parent = std::make_shared<Node>();
             parent->owner = default_owner(caller, c, d);
         }
+        if (d + 1 >= ch.size()) parent->gen = stamp;
         if (child) {
             parent->children.insert_or_assign(std::string(c[d]), std::move(child));
         } else {
@@ -179,7 +199,7 @@ void rebuild(Tree& t, const Comps& c, const std::vector<const Node*>& ch, DomId 
 }
 
 // WRITE (value set) and MKDIR (value null). Returns whether anything changed.
-XsResult<bool> put(Tree& t, const Comps& c, DomId caller, const std::string_view* value) {
+XsResult<bool> put(Tree& t, const Comps& c, DomId caller, const std::string_view* value, std::uint64_t stamp) {
     auto ch = chain(t, c);
     const std::size_t n = c.size();
     const bool exists = ch.size() == n + 1;
@@ -203,17 +223,18 @@ XsResult<bool> put(Tree& t, const Comps& c, DomId caller, const std::string_view
         leaf->owner = default_owner(caller, c, n);
     }
     if (value != nullptr) leaf->value.assign(value->data(), value->size());
+    leaf->gen = stamp;
     if (n == 0) {
         t.root = std::move(leaf);
     } else {
-        rebuild(t, c, ch, caller, std::move(leaf));
+        rebuild(t, c, ch, caller, std::move(leaf), stamp);
     }
     delta.apply(t);
     return true;
 }
 
 // RM. Returns whether anything changed (a missing node under an existing parent is no change).
-XsResult<bool> remove(Tree& t, const Comps& c, DomId caller) {
+XsResult<bool> remove(Tree& t, const Comps& c, DomId caller, std::uint64_t stamp) {
     if (c.empty()) return std::unexpected(XsError::Inval);
     auto ch = chain(t, c);
     if (ch.size() == c.size()) return false;
@@ -229,18 +250,19 @@ XsResult<bool> remove(Tree& t, const Comps& c, DomId caller) {
         for (const auto& [k, v] : node->children) stack.emplace_back(k, v.get());
     }
     ch.pop_back();
-    rebuild(t, c, ch, caller, nullptr);
+    rebuild(t, c, ch, caller, nullptr, stamp);
     delta.apply(t);
     return true;
 }
 
-XsResult<void> perms(Tree& t, const Comps& c, DomId owner, std::vector<DomId> readers) {
+XsResult<void> perms(Tree& t, const Comps& c, DomId owner, std::vector<DomId> readers, std::uint64_t stamp) {
     auto ch = chain(t, c);
     if (ch.size() != c.size() + 1) return std::unexpected(XsError::NoEnt);
     const Node* old = ch.back();
     auto leaf = std::make_shared<Node>(*old);
     leaf->owner = owner;
     leaf->readers = std::move(readers);
+    leaf->gen = stamp;
     const std::size_t bytes = cost(c.empty() ? std::string_view{} : c.back(), old->value.size());
     UsageDelta delta;
     delta.sub(old->owner, 1, bytes);
@@ -249,7 +271,7 @@ XsResult<void> perms(Tree& t, const Comps& c, DomId owner, std::vector<DomId> re
         t.root = std::move(leaf);
     } else {
         ch.pop_back();
-        rebuild(t, c, ch, 0, std::move(leaf));
+        rebuild(t, c, ch, 0, std::move(leaf), stamp);
     }
     delta.apply(t);
     return {};
@@ -268,11 +290,63 @@ struct Change {
     bool removed = false;
 };
 
+// A transaction's change, replayed onto the committed tree at commit.
+struct Op {
+    enum class Kind { Write, Mkdir, Rm, Perms };
+    Kind kind = Kind::Write;
+    DomId caller = 0;
+    std::string path;
+    std::string value;
+    DomId owner = 0;
+    std::vector<DomId> readers;
+};
+
+// Bytes of paths a transaction remembers having seen; past that it falls back to "nothing at
+// all may have been committed since the start".
+constexpr std::size_t kMaxSeenBytes = 64 * 1024;
+
 struct Tx {
     DomId owner = 0;
     std::uint64_t start_gen = 0;
-    Tree tree;
-    std::vector<Change> changes;
+    NodePtr base;  // the snapshot it started from (never changed)
+    Tree tree;     // the snapshot with the transaction's own changes
+    std::vector<Op> ops;
+    // What the transaction's outcome depends on, path by path: the node's gen in the snapshot
+    // when it read the node, kAbsent when it found (or made) it missing, kExists when only the
+    // node's existence mattered (the parent of a node it made or removed, a node it overwrote).
+    std::map<std::string, std::uint64_t, std::less<>> seen;
+    std::size_t seen_bytes = 0;
+    bool coarse = false;
+
+    void note_one(const Comps& c, std::size_t depth, bool exact) {
+        if (coarse) return;
+        Tree b{base, {}};
+        auto ch = chain(b, Comps(c.begin(), c.begin() + static_cast<std::ptrdiff_t>(depth)));
+        const std::uint64_t g = ch.size() == depth + 1 ? ch.back()->gen : kAbsent;
+        const std::uint64_t v = (exact || g == kAbsent) ? g : kExists;
+        std::string p = join(c, depth);
+        if (auto it = seen.find(p); it != seen.end()) {
+            if (it->second == kExists && exact) it->second = g;  // a read after a write: the stronger
+            return;
+        }
+        seen_bytes += p.size() + 48;
+        if (seen_bytes > kMaxSeenBytes) {
+            coarse = true;
+            seen.clear();
+            return;
+        }
+        seen.emplace(std::move(p), v);
+    }
+    // A read or directory listing of the node at c.
+    void note_read(const Comps& c) { note_one(c, c.size(), true); }
+    // Before a change at c: the nearest existing ancestor down to the node (and the parent of a
+    // node removed) must still exist, or still be missing, at commit.
+    void note_change(const Comps& c, bool removing) {
+        const std::size_t existing = chain(tree, c).size() - 1;
+        std::size_t from = std::min(existing, c.size());
+        if (removing && from == c.size() && from > 0) --from;
+        for (std::size_t d = from; d <= c.size(); ++d) note_one(c, d, false);
+    }
 };
 
 using Posts = std::vector<std::pair<std::shared_ptr<WatchSink>, WatchEvent>>;
@@ -333,20 +407,78 @@ struct Store::Impl {
         }
     }
 
+    // The gen a change in view `tx` stamps on the nodes it touches.
+    std::uint64_t stamp(TxId tx) const { return tx == 0 ? gen + 1 : kTxStamp; }
+
     // A change made in view `tx`: fired now, or kept for the commit.
-    XsResult<void> record(TxId tx, Change c, Posts& out) {
+    void record(TxId tx, Op op, Posts& out) {
         if (tx == 0) {
             ++gen;
-            collect(c, out);
-            return {};
+            if (op.kind != Op::Kind::Perms) collect(Change{std::move(op.path), op.kind == Op::Kind::Rm}, out);
+            return;
         }
-        txs.at(tx).changes.push_back(std::move(c));
-        return {};
+        txs.at(tx).ops.push_back(std::move(op));
     }
 
-    // Room for one more change in a transaction (checked before changing its tree).
-    XsResult<void> tx_room(TxId tx) const {
-        if (tx != 0 && txs.at(tx).changes.size() >= kMaxTransactionChanges) return std::unexpected(XsError::NoSpc);
+    // Room for one more change in a transaction, and its snapshot noted (before the change).
+    XsResult<void> before_change(TxId tx, const Comps& c, bool removing) {
+        if (tx == 0) return {};
+        Tx& t = txs.at(tx);
+        if (t.ops.size() >= kMaxTransactionChanges) return std::unexpected(XsError::NoSpc);
+        t.note_change(c, removing);
+        return {};
+    }
+    void before_read(TxId tx, const Comps& c) {
+        if (tx != 0) txs.at(tx).note_read(c);
+    }
+
+    std::uint64_t committed_gen(std::string_view path) const {
+        auto c = split(path);
+        auto ch = chain(tree, c);
+        return ch.size() == c.size() + 1 ? ch.back()->gen : kAbsent;
+    }
+
+    // Replays a transaction onto the committed tree when nothing it saw has changed since.
+    XsResult<void> commit(Tx& t, Posts& out) {
+        if (t.coarse) {
+            if (t.start_gen != gen) return std::unexpected(XsError::Again);
+        } else {
+            for (const auto& [p, g] : t.seen) {
+                const std::uint64_t now = committed_gen(p);
+                if (g == kExists ? now == kAbsent : now != g) return std::unexpected(XsError::Again);
+            }
+        }
+        Tree next = tree;
+        const std::uint64_t st = gen + 1;
+        for (const Op& op : t.ops) {
+            auto c = split(op.path);
+            XsResult<void> r;
+            switch (op.kind) {
+                case Op::Kind::Write: {
+                    const std::string_view v = op.value;
+                    auto p = put(next, c, op.caller, &v, st);
+                    if (!p) r = std::unexpected(p.error());
+                    break;
+                }
+                case Op::Kind::Mkdir: {
+                    auto p = put(next, c, op.caller, nullptr, st);
+                    if (!p) r = std::unexpected(p.error());
+                    break;
+                }
+                case Op::Kind::Rm: {
+                    auto p = remove(next, c, op.caller, st);
+                    if (!p) r = std::unexpected(p.error());
+                    break;
+                }
+                case Op::Kind::Perms: r = perms(next, c, op.owner, op.readers, st); break;
+            }
+            if (!r) return r;  // a quota the committed tree no longer has room for
+        }
+        tree = std::move(next);
+        ++gen;
+        for (const Op& op : t.ops) {
+            if (op.kind != Op::Kind::Perms) collect(Change{op.path, op.kind == Op::Kind::Rm}, out);
+        }
         return {};
     }
 
@@ -357,11 +489,14 @@ struct Store::Impl {
 };
 
 Store::Store() : impl_(std::make_unique<Impl>()) {
-    impl_->tree.root = std::make_shared<Node>();
+    auto root = std::make_shared<Node>();
+    root->gen = 1;
+    impl_->tree.root = std::move(root);
+    impl_->gen = 1;
     static constexpr std::string_view kInit[] = {"/local", "/local/domain", "/tool"};
     for (auto p : kInit) {
         auto c = split(p);
-        (void)put(impl_->tree, c, 0, nullptr);
+        (void)put(impl_->tree, c, 0, nullptr, 1);
     }
 }
 
@@ -375,6 +510,7 @@ XsResult<std::string> Store::read(DomId caller, TxId tx, std::string_view path) 
     if (!t) return std::unexpected(t.error());
     auto c = split(*abs);
     if (!may_read(caller, c, **t)) return std::unexpected(XsError::Access);
+    impl_->before_read(tx, c);
     auto ch = chain(**t, c);
     if (ch.size() != c.size() + 1) return std::unexpected(XsError::NoEnt);
     return ch.back()->value;
@@ -388,6 +524,7 @@ XsResult<std::vector<std::string>> Store::directory(DomId caller, TxId tx, std::
     if (!t) return std::unexpected(t.error());
     auto c = split(*abs);
     if (!may_read(caller, c, **t)) return std::unexpected(XsError::Access);
+    impl_->before_read(tx, c);
     auto ch = chain(**t, c);
     if (ch.size() != c.size() + 1) return std::unexpected(XsError::NoEnt);
     std::vector<std::string> out;
@@ -407,10 +544,10 @@ XsResult<void> Store::write(DomId caller, TxId tx, std::string_view path, std::s
         if (!t) return std::unexpected(t.error());
         auto c = split(*abs);
         if (!may_write(caller, c, **t)) return std::unexpected(XsError::Access);
-        if (auto r = impl_->tx_room(tx); !r) return r;
-        auto changed = put(**t, c, caller, &value);
+        if (auto r = impl_->before_change(tx, c, false); !r) return r;
+        auto changed = put(**t, c, caller, &value, impl_->stamp(tx));
         if (!changed) return std::unexpected(changed.error());
-        if (auto r = impl_->record(tx, Change{std::move(*abs), false}, posts); !r) return r;
+        impl_->record(tx, Op{Op::Kind::Write, caller, std::move(*abs), std::string(value), 0, {}}, posts);
     }
     deliver(posts);
     return {};
@@ -426,12 +563,10 @@ XsResult<void> Store::mkdir(DomId caller, TxId tx, std::string_view path) {
         if (!t) return std::unexpected(t.error());
         auto c = split(*abs);
         if (!may_write(caller, c, **t)) return std::unexpected(XsError::Access);
-        if (auto r = impl_->tx_room(tx); !r) return r;
-        auto changed = put(**t, c, caller, nullptr);
+        if (auto r = impl_->before_change(tx, c, false); !r) return r;
+        auto changed = put(**t, c, caller, nullptr, impl_->stamp(tx));
         if (!changed) return std::unexpected(changed.error());
-        if (*changed) {
-            if (auto r = impl_->record(tx, Change{std::move(*abs), false}, posts); !r) return r;
-        }
+        if (*changed) impl_->record(tx, Op{Op::Kind::Mkdir, caller, std::move(*abs), {}, 0, {}}, posts);
     }
     deliver(posts);
     return {};
@@ -447,12 +582,11 @@ XsResult<void> Store::rm(DomId caller, TxId tx, std::string_view path) {
         if (!t) return std::unexpected(t.error());
         auto c = split(*abs);
         if (!may_write(caller, c, **t)) return std::unexpected(XsError::Access);
-        if (auto r = impl_->tx_room(tx); !r) return r;
-        auto changed = remove(**t, c, caller);
+        if (c.empty()) return std::unexpected(XsError::Inval);
+        if (auto r = impl_->before_change(tx, c, true); !r) return r;
+        auto changed = remove(**t, c, caller, impl_->stamp(tx));
         if (!changed) return std::unexpected(changed.error());
-        if (*changed) {
-            if (auto r = impl_->record(tx, Change{std::move(*abs), true}, posts); !r) return r;
-        }
+        if (*changed) impl_->record(tx, Op{Op::Kind::Rm, caller, std::move(*abs), {}, 0, {}}, posts);
     }
     deliver(posts);
     return {};
@@ -467,8 +601,10 @@ XsResult<void> Store::set_perms(DomId caller, TxId tx, std::string_view path, Do
     auto t = impl_->view(caller, tx);
     if (!t) return std::unexpected(t.error());
     auto c = split(*abs);
-    if (auto r = perms(**t, c, owner, std::move(readers)); !r) return r;
-    if (tx == 0) ++impl_->gen;  // no watch fires for a permission change
+    if (auto r = impl_->before_change(tx, c, false); !r) return r;
+    if (auto r = perms(**t, c, owner, readers, impl_->stamp(tx)); !r) return r;
+    Posts none;  // no watch fires for a permission change
+    impl_->record(tx, Op{Op::Kind::Perms, caller, std::move(*abs), {}, owner, std::move(readers)}, none);
     return {};
 }
 
@@ -480,7 +616,12 @@ XsResult<TxId> Store::transaction_start(DomId caller) {
     }
     TxId id = impl_->next_tx++;
     while (id == 0 || impl_->txs.contains(id)) id = impl_->next_tx++;
-    impl_->txs.emplace(id, Tx{caller, impl_->gen, impl_->tree, {}});
+    Tx t;
+    t.owner = caller;
+    t.start_gen = impl_->gen;
+    t.base = impl_->tree.root;
+    t.tree = impl_->tree;
+    impl_->txs.emplace(id, std::move(t));
     return id;
 }
 
@@ -493,11 +634,8 @@ XsResult<void> Store::transaction_end(DomId caller, TxId tx, bool commit) {
         Tx t = std::move(it->second);
         impl_->txs.erase(it);
         // A transaction that only read saw one consistent snapshot: nothing to check.
-        if (!commit || t.changes.empty()) return {};
-        if (t.start_gen != impl_->gen) return std::unexpected(XsError::Again);
-        impl_->tree = std::move(t.tree);
-        ++impl_->gen;
-        for (const auto& c : t.changes) impl_->collect(c, posts);
+        if (!commit || t.ops.empty()) return {};
+        if (auto r = impl_->commit(t, posts); !r) return r;
     }
     deliver(posts);
     return {};
@@ -559,7 +697,7 @@ void Store::remove_domain(DomId domid) {
         impl_->drop_domain_state(domid);
         std::string home = domain_path(domid);
         auto c = split(home);
-        auto removed = remove(impl_->tree, c, 0);
+        auto removed = remove(impl_->tree, c, 0, impl_->gen + 1);
         if (removed && *removed) {
             ++impl_->gen;
             impl_->collect(Change{home, true}, posts);

@@ -24,9 +24,14 @@
 // of names and values in any one view (the tree or a transaction's), kMaxTransactionsPerDomain
 // open transactions, kMaxWatchesPerDomain watches; quota failures are NoSpc.
 //
-// Transactions: copy-on-write snapshots of the tree (nodes are shared until written). A
-// transaction that wrote nothing always commits; one that wrote commits only if nothing was
-// committed since it started, else Again (the guest retries).
+// Transactions: copy-on-write snapshots of the tree (nodes are shared until written), so reads
+// inside one see its own writes. Each node carries the generation of the commit that last
+// changed it; a transaction remembers the generation of every node it read or changed (and of
+// the nodes it found missing). A transaction that wrote nothing always commits. One that wrote
+// commits when all of those nodes are unchanged in the committed tree: its changes are then
+// replayed onto it (so one guest's unrelated writes never fail another's transactions);
+// otherwise Again (the guest retries). Past 64 KiB of remembered paths a transaction falls back
+// to "nothing at all committed since it started".
 //
 // Threading: one mutex inside; every method may be called from any thread. Watch callbacks
 // never run under that mutex: changes queue WatchEvents, and whoever owns the thread that
@@ -98,7 +103,8 @@ public:
                                            std::vector<DomId> readers);
 
     // Transactions: a snapshot view; end(commit=true) fails with Again if anything the
-    // transaction read or wrote changed since it started.
+    // transaction read or wrote changed since it started (NoSpc if its changes no longer fit
+    // the quota of the committed tree). An unknown id, or another domain's, is NoEnt.
     [[nodiscard]] XsResult<TxId> transaction_start(DomId caller);
     [[nodiscard]] XsResult<void> transaction_end(DomId caller, TxId tx, bool commit);
 

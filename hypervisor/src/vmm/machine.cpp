@@ -268,7 +268,11 @@ common::Status KvmMachine::setup_vcpus(const BootEntry& entry) {
         auto vcpu = vm_.create_vcpu(id, sys_.vcpu_mmap_size());
         if (!vcpu) return fail(std::move(vcpu.error()));
         auto cpuid = filter_cpuid(*supported, id, cfg_.vcpus);
-        if (xen_) cpuid = xen_cpuid(std::move(cpuid), id);
+        if (xen_) {
+            cpuid = xen_cpuid(std::move(cpuid), id);
+            if (!xen::enable_sync_regs(sys_, *vcpu) && id == 0)
+                spdlog::info("xen: KVM cannot sync registers into kvm_run; hypercalls use KVM_GET_REGS/SET_REGS");
+        }
         if (auto s = vcpu->set_cpuid(cpuid); !s) return s;
         if (auto s = vcpu->set_lapic_lint(true, true); !s) return s;
         kvm_fpu fpu{};

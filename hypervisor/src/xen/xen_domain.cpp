@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "xen/page_walk.hpp"
 #include "xen_model/abi/xen_abi.hpp"
 
 namespace hypervisor::xen {
@@ -31,6 +32,37 @@ public:
 
 private:
     const KvmVcpu& vcpu_;
+    bool have_ = false;
+    std::uint64_t page_ = 0, gpa_page_ = 0;
+};
+
+// The vmm's own page walk over the registers KVM synced into kvm_run (no ioctl), falling back
+// to KVM_TRANSLATE for paging modes the walker does not do.
+class SyncedVirtual final : public GuestVirtual {
+public:
+    SyncedVirtual(const KvmVcpu& v, const common::GuestMemory& mem, const PagingState& st)
+        : vcpu_(v), mem_(mem), st_(st) {}
+    std::optional<std::uint64_t> translate(std::uint64_t gva) override {
+        std::uint64_t page = gva & ~0xfffull;
+        if (!have_ || page != page_) {
+            auto w = walk_page_tables(mem_, st_, page);
+            std::optional<std::uint64_t> gpa = w.gpa;
+            if (!w.handled) {
+                auto t = vcpu_.translate(page);
+                gpa = t ? std::optional<std::uint64_t>(*t) : std::nullopt;
+            }
+            if (!gpa) return std::nullopt;
+            page_ = page;
+            gpa_page_ = *gpa & ~0xfffull;
+            have_ = true;
+        }
+        return gpa_page_ | (gva & 0xfff);
+    }
+
+private:
+    const KvmVcpu& vcpu_;
+    const common::GuestMemory& mem_;
+    PagingState st_;
     bool have_ = false;
     std::uint64_t page_ = 0, gpa_page_ = 0;
 };
@@ -134,14 +166,39 @@ void XenDomain::log_summary() const {
 
 bool XenDomain::port_write(KvmVcpu& vcpu, std::uint16_t port) {
     if (port != kHypercallPort) return false;
+    kvm_run* run = vcpu.run_state();
+    if ((run->kvm_valid_regs & kSyncRegs) == kSyncRegs) {
+        // Fast path: KVM copied the registers into kvm_run at the exit, and writes RAX back
+        // at the next KVM_RUN (with the same RIP, as KVM_SET_REGS would).
+        auto& r = run->s.regs.regs;
+        const auto& sr = run->s.regs.sregs;
+        bool user = sr.ss.dpl == 3 || (sr.cs.selector & 3) == 3;
+        HypercallArgs a{r.rax, {r.rdi, r.rsi, r.rdx, r.r10, r.r8}};
+        SyncedVirtual gv(vcpu, mem_, PagingState{sr.cr0, sr.cr3, sr.cr4, sr.efer});
+        r.rax = static_cast<std::uint64_t>(hcalls_->dispatch(vcpu.id(), user, a, gv));
+        run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
+        return true;
+    }
+    // Without KVM_CAP_SYNC_REGS: KVM_GET_REGS / KVM_SET_REGS (each ioctl costs about as much as
+    // the exit under kvm_pvm).
     auto regs = vcpu.get_regs();
-    auto sregs = vcpu.get_sregs();
-    if (!regs || !sregs) {
+    if (!regs) {
         ctl_.request_stop(StopReason::HostError, kStatusHostError,
                           fmt::format("vCPU {}: reading registers for a hypercall failed", vcpu.id()));
         return true;
     }
-    bool user = sregs->ss.dpl == 3 || (sregs->cs.selector & 3) == 3;
+    // The privilege level matters only when CPL3 callers are refused; the probe skips the
+    // KVM_GET_SREGS (one ioctl less per hypercall).
+    bool user = false;
+    if (!cfg_.allow_user_mode) {
+        auto sregs = vcpu.get_sregs();
+        if (!sregs) {
+            ctl_.request_stop(StopReason::HostError, kStatusHostError,
+                              fmt::format("vCPU {}: reading segment registers for a hypercall failed", vcpu.id()));
+            return true;
+        }
+        user = sregs->ss.dpl == 3 || (sregs->cs.selector & 3) == 3;
+    }
     HypercallArgs a{regs->rax, {regs->rdi, regs->rsi, regs->rdx, regs->r10, regs->r8}};
     VcpuVirtual gv(vcpu);
     auto rc = hcalls_->dispatch(vcpu.id(), user, a, gv);
