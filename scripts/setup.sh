@@ -12,6 +12,7 @@ PACKAGES=(
   clang-19 lld-19 libclang-rt-19-dev
   busybox-static kmod cpio gzip lz4
   qemu-system-x86 fio procps python3-matplotlib
+  libsystemc-dev nlohmann-json3-dev
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc grpc-proto
   python3-grpcio python3-protobuf
 )

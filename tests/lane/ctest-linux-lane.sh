@@ -9,10 +9,11 @@ out=$build/lane
 mkdir -p "$out/bin"
 cp -f "$build/bin/nitrovm" "$out/bin/nitrovm"
 cp -f "$build/bin/nitro-card" "$out/bin/nitro-card"
+cp -f "$build/bin/xen-dom0" "$out/bin/xen-dom0"
 mode=()
 if [ -e /dev/kvm ] && [ ! -d /sys/module/kvm_pvm ] && { [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd ]; }; then
     mode=(--direct)  # hardware KVM: no emulated host needed
 fi
 exec "$here/run-lane.sh" --image-dir "$build/images" --bin-dir "$out/bin" --out "$out" --smp 2 \
     --file "$build/guest/probe.elf:/images/probe.elf" "${mode[@]}" \
-    -- "$here/selftest.sh" "$here/linux-guest.sh" "$here/linux-nvme.sh"
+    -- "$here/selftest.sh" "$here/linux-guest.sh" "$here/linux-nvme.sh" "$here/linux-xen.sh"

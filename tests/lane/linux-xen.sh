@@ -9,7 +9,7 @@ vol=/tmp/linux-xen-vol.img
 rm -f "$vol"
 [ -f "$images/vmlinux" ] || fail "no $images/vmlinux (guest/linux/build-image.sh makes it)"
 
-guest='echo $(dmesg | grep -o Hypervisor.detected:.*);
+guest='echo hypervisor=$(dmesg | grep -m1 -o Xen.HVM$);
 load-modules xen-blkfront || exit 2;
 i=0; while [ ! -b /dev/xvda ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done;
 [ -b /dev/xvda ] || exit 6;
@@ -29,7 +29,7 @@ status=$?
 cat out.txt err.txt
 tr -d '\r' <out.txt >clean.txt && mv clean.txt out.txt  # the guest's tty ends lines with CR LF
 [ "$status" = 0 ] || fail "nitrovm exited $status"
-grep -q '^Hypervisor detected: Xen' out.txt || fail "the guest did not detect Xen"
+grep -q '^hypervisor=Xen HVM' out.txt || fail "the guest did not detect Xen"
 grep -q '^driver=vbd' out.txt || fail "xvda is not bound to xen-blkfront (vbd)"
 grep -q '^size=131072$' out.txt || fail "xvda is not 64 MiB"
 grep -q '^roundtrip=ok' out.txt || fail "the guest's read-back differed"

@@ -77,13 +77,13 @@ std::vector<std::uint8_t> madt(std::uint32_t n) {
     return finish(std::move(t));
 }
 
-std::vector<std::uint8_t> fadt(std::uint64_t dsdt) {
+std::vector<std::uint8_t> fadt(std::uint64_t dsdt, bool no_vga) {
     // §5.2.9, revision 6 (276 bytes). Hardware-reduced: no PM blocks, no SCI.
     Bytes t = table("FACP", 6);
     t.u32(0);                               // FIRMWARE_CTRL
     t.u32(static_cast<std::uint32_t>(dsdt));
     t.zeros(109 - t.b.size());              // INT_MODEL .. CENTURY: unused here
-    t.u16((1u << 2) | (1u << 5));           // IAPC_BOOT_ARCH: no VGA, no CMOS RTC (and no 8042 flag)
+    t.u16(static_cast<std::uint16_t>((no_vga ? 1u << 2 : 0u) | (1u << 5)));  // IAPC_BOOT_ARCH: [no VGA,] no CMOS RTC
     t.u8(0);
     t.u32(1u << 20);                        // Flags: HW_REDUCED_ACPI
     t.zeros(12);                            // RESET_REG
@@ -145,7 +145,7 @@ std::vector<std::uint8_t> dsdt_aml() {
 
 }  // namespace
 
-std::vector<std::uint8_t> build_acpi(std::uint32_t base, std::uint32_t n) {
+std::vector<std::uint8_t> build_acpi(std::uint32_t base, std::uint32_t n, const AcpiOptions& options) {
     // Layout: RSDP (36 → 48), RSDT, XSDT, FADT, DSDT, MADT, each 16-byte aligned.
     Bytes dsdt_t = table("DSDT", 2);
     for (auto b : dsdt_aml()) dsdt_t.u8(b);
@@ -157,7 +157,7 @@ std::vector<std::uint8_t> build_acpi(std::uint32_t base, std::uint32_t n) {
     std::uint64_t fadt_at = xsdt_at + align(36 + 16);
     std::uint64_t dsdt_at = fadt_at + align(276);
     std::uint64_t madt_at = dsdt_at + align(dsdt.size());
-    auto fadt_t = fadt(dsdt_at);
+    auto fadt_t = fadt(dsdt_at, options.declare_no_vga);
 
     Bytes rsdt = table("RSDT", 1);
     rsdt.u32(fadt_at);
@@ -192,8 +192,8 @@ std::vector<std::uint8_t> build_acpi(std::uint32_t base, std::uint32_t n) {
     return out;
 }
 
-common::Result<std::uint64_t> write_acpi(const common::GuestMemory& mem, std::uint32_t n) {
-    auto t = build_acpi(static_cast<std::uint32_t>(layout::kAcpi), n);
+common::Result<std::uint64_t> write_acpi(const common::GuestMemory& mem, std::uint32_t n, const AcpiOptions& options) {
+    auto t = build_acpi(static_cast<std::uint32_t>(layout::kAcpi), n, options);
     if (t.size() > layout::kBiosRom - layout::kAcpi)
         return common::fail(common::Error::invalid(fmt::format("ACPI tables for {} vCPUs do not fit", n)));
     if (auto s = mem.write(common::GuestAddr(layout::kAcpi), std::as_bytes(std::span(t))); !s)

@@ -16,10 +16,19 @@
 
 namespace hypervisor {
 
+struct AcpiOptions {
+    // The FADT's IAPC_BOOT_ARCH "no VGA" flag. Linux takes a guest with Xen CPUID leaves, no
+    // VGA and no CMOS RTC (which hardware-reduced ACPI implies) for a Xen PVH guest, whatever its
+    // entry path; Xen mode boots Linux as an HVM guest, so it leaves the flag out.
+    bool declare_no_vga = true;
+};
+
 // The tables for vcpu_count CPUs, laid out from `base` (the RSDP first, 16-byte aligned).
-[[nodiscard]] std::vector<std::uint8_t> build_acpi(std::uint32_t base, std::uint32_t vcpu_count);
+[[nodiscard]] std::vector<std::uint8_t> build_acpi(std::uint32_t base, std::uint32_t vcpu_count,
+                                                   const AcpiOptions& options = {});
 
 // Writes them at layout::kAcpi; returns the RSDP's address.
-common::Result<std::uint64_t> write_acpi(const common::GuestMemory& mem, std::uint32_t vcpu_count);
+common::Result<std::uint64_t> write_acpi(const common::GuestMemory& mem, std::uint32_t vcpu_count,
+                                         const AcpiOptions& options = {});
 
 }  // namespace hypervisor

@@ -181,6 +181,12 @@ Status KvmVm::ioeventfd(int eventfd, std::uint64_t addr, std::uint32_t len, bool
                  fmt::format("KVM_IOEVENTFD at {:#x}/{}", addr, len));
 }
 
+Result<std::uint32_t> KvmVm::tsc_khz() const {
+    int r = xioctl(fd_.get(), KVM_GET_TSC_KHZ, 0);
+    if (r <= 0) return common::fail(common::Error::from_errno("KVM_GET_TSC_KHZ on the VM"));
+    return static_cast<std::uint32_t>(r);
+}
+
 Status KvmVm::irq_line(std::uint32_t irq, bool level) {
     kvm_irq_level l{};
     l.irq = irq;

@@ -63,6 +63,8 @@ public:
     Status ioeventfd(int eventfd, std::uint64_t addr, std::uint32_t len, bool pio, bool assign,
                      std::optional<std::uint64_t> datamatch = std::nullopt);
     Status irq_line(std::uint32_t irq, bool level);
+    // The guests' TSC rate in kHz (KVM_GET_TSC_KHZ on the VM), or an error on kernels without it.
+    [[nodiscard]] Result<std::uint32_t> tsc_khz() const;
     Status signal_msi(std::uint64_t address, std::uint32_t data);
     // MSR accesses denied by the filter exit to userspace (KVM_CAP_X86_USER_SPACE_MSR with
     // KVM_MSR_EXIT_REASON_FILTER); then guest writes of MSR `index` are denied, so they exit.

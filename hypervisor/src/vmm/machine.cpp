@@ -165,6 +165,7 @@ private:
     common::Status setup_nitro();
     common::Status setup_xen();
     common::Status setup_vcpus(const BootEntry& entry);
+    void add_tsc_rate_param();
     void stop_threads();
     void stdin_pump();
 
@@ -292,6 +293,27 @@ common::Status KvmMachine::setup_vcpus(const BootEntry& entry) {
     return {};
 }
 
+// Xen mode offers Linux no paravirtual clock (no kvmclock, no Xen pvclock), so it calibrates
+// its TSC against the PIT, which fails when the host is itself emulated or busy; the kernel then
+// marks the TSC unstable and boots on jiffies alone. The vmm knows the rate: it hands it over
+// as tsc_early_khz= on the command line, unless the user's command line sets it.
+void KvmMachine::add_tsc_rate_param() {
+    if (cfg_.cmdline.find("tsc_early_khz=") != std::string::npos) return;
+    auto khz = vm_.tsc_khz();
+    if (!khz) {
+        spdlog::warn("xen: {}; Linux will calibrate the TSC itself", khz.error().message);
+        return;
+    }
+    const std::string param = fmt::format("tsc_early_khz={}", *khz);
+    // Kernel parameters go before " -- ", after which come the guest's arguments.
+    const auto dashes = cfg_.cmdline.find(" -- ");
+    if (dashes == std::string::npos)
+        cfg_.cmdline += (cfg_.cmdline.empty() ? "" : " ") + param;
+    else
+        cfg_.cmdline.insert(dashes, " " + param);
+    spdlog::debug("xen: {} added to the kernel command line", param);
+}
+
 common::Status KvmMachine::setup() {
     if (auto s = setup_memory(); !s) return s;
     if (auto s = setup_devices(); !s) return s;
@@ -308,7 +330,8 @@ common::Status KvmMachine::setup() {
         initrd = initrd_file->bytes();
     }
     if (auto s = write_mptable(mem_, cfg_.vcpus); !s) return s;
-    auto rsdp = write_acpi(mem_, cfg_.vcpus);
+    auto rsdp = write_acpi(mem_, cfg_.vcpus, AcpiOptions{.declare_no_vga = !xen_});
+    if (xen_ && cfg_.elf_is_linux) add_tsc_rate_param();
     if (!rsdp) return fail(std::move(rsdp.error()));
     Result<BootEntry> entry = fail(Error::invalid("unreachable"));
     switch (detect_kernel(kernel)) {

@@ -1,0 +1,135 @@
+// A set of identical processors (a guest's vCPUs, dom0's vCPUs, the card's cores) serving jobs
+// first come, first served, non-preemptively. Busy time is booked per owner so the host's CPU
+// time can be split into guest, hypervisor/vmm, dom0 and card.
+#pragma once
+
+#include <array>
+#include <deque>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "../rng.hpp"
+#include "timeline.hpp"
+
+namespace hostsim {
+
+enum class Owner { Guest = 0, Hypervisor = 1, Dom0 = 2, Card = 3 };
+inline constexpr std::size_t kOwners = 4;
+
+struct Job {
+    Ps duration = 0;
+    Owner owner = Owner::Guest;
+    // Optional: computes the duration when the job starts (start time, processor index);
+    // used for costs that depend on what else runs (a lock, TLB shootdown targets).
+    std::function<Ps(Ps, unsigned)> dynamic;
+    Timeline::Action done;
+};
+
+class CpuPool final {
+public:
+    CpuPool(Timeline& timeline, unsigned processors, Ps count_from)
+        : timeline_(timeline), last_run_(processors, -kNever / 2), count_from_(count_from) {
+        free_.reserve(processors);
+        for (unsigned i = processors; i-- > 0;) free_.push_back(i);
+    }
+
+    unsigned processors() const { return static_cast<unsigned>(last_run_.size()); }
+    // Processors that are not always there: each alternates between running (exponential, mean
+    // run) and being taken by something else (exponential, mean stall). Used for the emulator's
+    // threads on a shared machine; a job only progresses while its processor runs.
+    void set_preemption(Ps run_mean, Ps stall_mean, std::uint64_t seed) {
+        preempt_ = Preemption{run_mean, stall_mean, Rng(seed), {}, {}};
+        for (unsigned p = 0; p < processors(); ++p) {
+            const Ps run_end = draw(run_mean);
+            preempt_->run_until.push_back(run_end);
+            preempt_->stall_until.push_back(run_end + draw(stall_mean));
+        }
+    }
+
+    unsigned running() const { return processors() - static_cast<unsigned>(free_.size()); }
+
+    void submit(Job job) {
+        if (free_.empty()) {
+            waiting_.push_back(std::move(job));
+            max_waiting_ = std::max(max_waiting_, waiting_.size());
+            return;
+        }
+        const unsigned p = free_.back();
+        free_.pop_back();
+        start(p, std::move(job));
+    }
+
+    // Processors that ran a job within `window` before now.
+    unsigned recently_active(Ps window) const {
+        const Ps n = Timeline::now();
+        unsigned count = 0;
+        for (Ps t : last_run_) count += (n - t <= window) ? 1u : 0u;
+        return count;
+    }
+
+    // Busy time of jobs started after the warm-up, by owner.
+    const std::array<Ps, kOwners>& busy() const { return busy_; }
+    std::size_t max_waiting() const { return max_waiting_; }
+
+private:
+    void start(unsigned p, Job job) {
+        const Ps n = Timeline::now();
+        const Ps d = job.dynamic ? job.dynamic(n, p) : job.duration;
+        if (n >= count_from_) busy_[static_cast<std::size_t>(job.owner)] += d;
+        const Ps end = preempt_ ? finish(p, n, d) : n + d;
+        last_run_[p] = end;
+        timeline_.at(end, [this, p, done = std::move(job.done)]() mutable {
+            release(p);
+            if (done) done();
+        });
+    }
+    void release(unsigned p) {
+        if (waiting_.empty()) {
+            free_.push_back(p);
+            return;
+        }
+        Job next = std::move(waiting_.front());
+        waiting_.pop_front();
+        start(p, std::move(next));
+    }
+
+    struct Preemption {
+        Ps run_mean, stall_mean;
+        Rng rng;
+        std::vector<Ps> run_until, stall_until;  // per processor: the current run period's end, then the stall's
+    };
+    Ps draw(Ps mean) { return static_cast<Ps>(preempt_->rng.exponential(static_cast<double>(mean))); }
+    // When `work` started at t on processor p is done, given its run/stall periods.
+    Ps finish(unsigned p, Ps t, Ps work) {
+        Ps& run_until = preempt_->run_until[p];
+        Ps& stall_until = preempt_->stall_until[p];
+        auto next = [&] {
+            run_until = stall_until + draw(preempt_->run_mean);
+            stall_until = run_until + draw(preempt_->stall_mean);
+        };
+        while (stall_until <= t) next();
+        for (;;) {
+            if (t >= run_until) {
+                t = stall_until;
+                next();
+            }
+            const Ps window = run_until - t;
+            if (work <= window) return t + work;
+            work -= window;
+            t = run_until;
+        }
+    }
+
+    Timeline& timeline_;
+    std::optional<Preemption> preempt_;
+    std::vector<Ps> last_run_;
+    std::vector<unsigned> free_;
+    std::deque<Job> waiting_;
+    std::array<Ps, kOwners> busy_{};
+    std::size_t max_waiting_ = 0;
+    Ps count_from_;
+};
+
+}  // namespace hostsim
