@@ -10,6 +10,7 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(nvme_command_fuzz card_protocol_fuzz kernel_loader_fuzz volume_spec_fuzz xenstore_fuzz blkif_fuzz dom0_link_fuzz xen_hypercall_fuzz)
 command -v clang++-19 >/dev/null || { echo "fuzz: clang++-19 is missing (scripts/setup.sh installs it)" >&2; exit 2; }
+[ $# -gt 0 ] || targets+=(type_name_fuzz)  # hostd's fuzz target (tests/hostd) joins the default set
 CC=clang-19 CXX=clang++-19 cmake -S "$ROOT" -B "$FUZZ_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 ninja -C "$FUZZ_DIR" "${targets[@]}" >/dev/null
 failed=0

@@ -13,6 +13,8 @@ PACKAGES=(
   busybox-static kmod cpio gzip lz4
   qemu-system-x86 fio procps python3-matplotlib
   libsystemc-dev nlohmann-json3-dev
+  libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc grpc-proto
+  python3-grpcio python3-protobuf
 )
 
 missing=()

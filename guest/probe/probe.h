@@ -161,6 +161,7 @@ void ram_release(uint64_t mark); /* frees everything allocated since ram_mark() 
 
 /* ---- workloads (workloads.c, msi.c, nvme_verify.c, nvme_bench.c, xen_verify.c, xen_bench.c) */
 int run_workload(int argc, char** argv);
+int workload_spin(int argc, char** argv); /* spin.c */
 int workload_msi(int argc, char** argv);
 int workload_nvme_verify(int argc, char** argv);
 int workload_nvme_bench(int argc, char** argv);

@@ -78,6 +78,9 @@ int run_workload(int argc, char** argv) {
     if (strcmp(argv[0], "exit") == 0) {
         return workload_exit(argc, argv);
     }
+    if (strcmp(argv[0], "spin") == 0) { /* spin.c */
+        return workload_spin(argc, argv);
+    }
     if (strcmp(argv[0], "msi") == 0) {
         return workload_msi(argc, argv);
     }

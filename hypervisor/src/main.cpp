@@ -54,6 +54,7 @@ int main(int argc, char** argv) {
     std::string io_model = "auto";
     std::vector<std::string> volumes;
     bool xen_patch = false;
+    std::optional<std::uint64_t> instance_iops, instance_mbps;
     run->add_option("--guest", guest, "probe or linux (selects default kernel, initrd, command line)")
         ->check(CLI::IsMember({"probe", "linux"}))->capture_default_str();
     run->add_option("--kernel", kernel, "kernel: a PVH ELF or a bzImage");
@@ -76,6 +77,8 @@ int main(int argc, char** argv) {
                     "nvme0n1, nvme1n1, ... in order; with --io-model xen a disk from dom0: xvda, xvdb, ...); "
                     "a missing file with a size is created")
         ->allow_extra_args(false);  // one value per --volume, so "-- ARGS" stays the guest's
+    run->add_option("--instance-iops", instance_iops, "the instance's EBS IOPS cap, shared by its volumes (card)");
+    run->add_option("--instance-mbps", instance_mbps, "the instance's EBS bandwidth cap in MiB/s, shared (card)");
     run->add_option("args", guest_args, "after --: the probe's workload, or the command Linux's /init runs");
     app.positionals_at_end();
 
@@ -107,6 +110,8 @@ int main(int argc, char** argv) {
     cfg.volumes = volumes;
     cfg.xen_patch_hypercalls = xen_patch;
     cfg.probe_guest = guest == "probe";
+    if (instance_iops) cfg.card_args.insert(cfg.card_args.end(), {"--instance-iops", std::to_string(*instance_iops)});
+    if (instance_mbps) cfg.card_args.insert(cfg.card_args.end(), {"--instance-mbps", std::to_string(*instance_mbps)});
     cfg.log_level = log_level;
 
     auto args = hypervisor::cli::join_guest_args(guest_args);

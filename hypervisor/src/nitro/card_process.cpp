@@ -42,7 +42,8 @@ void stop_child(pid_t pid) {
 
 common::Result<CardProcess> CardProcess::start(const std::string& binary, const std::vector<std::string>& volumes,
                                                const std::string& log_level, unsigned io_queues,
-                                               std::chrono::milliseconds timeout) {
+                                               std::chrono::milliseconds timeout,
+                                               const std::vector<std::string>& extra_args) {
     if (::access(binary.c_str(), X_OK) != 0)
         return fail(Error::from_errno(fmt::format("the card binary {}", binary)));
     char tmpl[] = "/tmp/nitrovm-card-XXXXXX";
@@ -54,6 +55,7 @@ common::Result<CardProcess> CardProcess::start(const std::string& binary, const 
 
     std::vector<std::string> args = {binary, "--socket-dir", dir, "--ready-fd", "3", "--exit-when-idle",
                                      "--log-level", log_level, "--queues", std::to_string(io_queues)};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
     for (const auto& v : volumes) {
         args.push_back("--volume");
         args.push_back(v);

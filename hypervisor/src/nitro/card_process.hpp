@@ -20,7 +20,8 @@ public:
                                                            const std::vector<std::string>& volumes,
                                                            const std::string& log_level,
                                                            unsigned io_queues,
-                                                           std::chrono::milliseconds timeout);
+                                                           std::chrono::milliseconds timeout,
+                                                           const std::vector<std::string>& extra_args = {});
     CardProcess(CardProcess&& o) noexcept;
     CardProcess& operator=(CardProcess&&) = delete;
     CardProcess(const CardProcess&) = delete;

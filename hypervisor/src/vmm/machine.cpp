@@ -249,7 +249,7 @@ common::Status KvmMachine::setup_xen() {
 common::Status KvmMachine::setup_nitro() {
     if (cfg_.volumes.empty()) return {};
     auto card = nitro::CardProcess::start(cfg_.card_binary, cfg_.volumes, cfg_.log_level, cfg_.vcpus,
-                                          std::chrono::seconds(10));
+                                          std::chrono::seconds(10), cfg_.card_args);
     if (!card) return fail(std::move(card.error()));
     card_.emplace(std::move(*card));
     for (std::size_t i = 0; i < cfg_.volumes.size(); ++i) {
@@ -388,7 +388,11 @@ void KvmMachine::stdin_pump() {
 
 int KvmMachine::run() {
     if (xen_) xen_->start_housekeeping();
-    for (auto& v : vcpus_) threads_.emplace_back([r = v.get()] { r->run_loop(); });
+    for (auto& v : vcpus_) {
+        threads_.emplace_back([r = v.get()] { r->run_loop(); });
+        // "vcpuN": how a host agent finds the vCPU threads to put under a CPU cap.
+        ::pthread_setname_np(threads_.back().native_handle(), fmt::format("vcpu{}", threads_.size() - 1).c_str());
+    }
     if (cfg_.interactive) stdin_thread_ = std::thread([this] { stdin_pump(); });
     std::optional<std::chrono::steady_clock::time_point> deadline;
     if (cfg_.timeout) deadline = std::chrono::steady_clock::now() + *cfg_.timeout;

@@ -38,6 +38,7 @@ struct MachineConfig {
     bool xen_patch_hypercalls = false;
     // The probe guest: its Xen frontend may make hypercalls from CPL3.
     bool probe_guest = false;
+    std::vector<std::string> card_args;  // extra card options, e.g. the instance's EBS caps
     std::string log_level = "info";
 };
 
