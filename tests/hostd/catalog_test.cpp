@@ -45,6 +45,7 @@ TEST_CASE("bad names are explained") {
     CHECK(bad("m9q.large").starts_with("m9q.large: unknown family 'm9q': 'q' is not a capability letter"));
     CHECK(bad("q5.large").find("'q' is not an instance series") != std::string::npos);
     CHECK(bad("m.large").find("no generation number") != std::string::npos);
+    CHECK(bad("m06.small").find("leading zero") != std::string::npos);
     CHECK(bad("m5large").find("no '.'") != std::string::npos);
     CHECK(bad("m5.huge").find("unknown size 'huge'") != std::string::npos);
     CHECK(bad("m5.1xlarge").find("from 2 to 1024") != std::string::npos);

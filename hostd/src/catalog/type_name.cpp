@@ -96,6 +96,9 @@ common::Result<TypeName> parse_type_name(std::string_view name) {
     if (i == g)
         return fail(Error::invalid(fmt::format("{}: unknown family '{}': no generation number after '{}'", name, fam,
                                                t.family)));
+    if (fam[g] == '0')
+        return fail(Error::invalid(fmt::format("{}: unknown family '{}': generation '{}' has a leading zero", name,
+                                               fam, fam.substr(g, i - g))));
     auto [p, ec] = std::from_chars(fam.data() + g, fam.data() + i, t.generation);
     if (ec != std::errc() || t.generation == 0 || t.generation > 99)
         return fail(Error::invalid(fmt::format("{}: unknown family '{}': generation '{}' is out of range (1..99)", name,
