@@ -48,7 +48,7 @@ else
     --vcpus 2 --memory 512M -- sh -c '$demo'
 echo "-- the same kernel in the Xen I/O model, with a disk from dom0:"
 /bin/nitrovm run --guest linux --kernel /images/vmlinux --initrd /images/initramfs.cpio.gz \\
-    --vcpus 2 --memory 512M --io-model xen --xen-patch-hypercalls --volume /tmp/xen-demo.img,size=64M \\
+    --vcpus 1 --memory 512M --io-model xen --xen-patch-hypercalls --volume /tmp/xen-demo.img,size=64M \\
     -- sh -c 'load-modules xen-blkfront; sleep 1; echo xvda: \$(cat /sys/block/xvda/size) sectors, driver \$(basename \$(readlink /sys/block/xvda/device/driver)); exit 0'
 SCRIPT
   mkdir -p "$BUILD_DIR/lane/bin"
