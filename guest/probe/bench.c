@@ -97,3 +97,70 @@ uint64_t bench_print_result(const char* workload, const char* rw, uint32_t bs, u
         (unsigned long long)lat_hist_percentile_us(h, 990));
     return us;
 }
+
+const char* const bench_rw_names[4] = {"randread", "randwrite", "read", "write"};
+
+static bool parse_spec_arg(struct bench_spec* spec, const char* key, const char* v, uint64_t n, bool num,
+                           uint32_t max_bs, uint32_t max_qd, bool* taken) {
+    *taken = true;
+    if (strcmp(key, "rw") == 0) {
+        for (unsigned k = 0; k < 4; k++) {
+            if (strcmp(v, bench_rw_names[k]) == 0) {
+                spec->rw = (enum rw_kind)k;
+                return true;
+            }
+        }
+        return false;
+    }
+    if (strcmp(key, "bs") == 0) {
+        spec->bs = (uint32_t)n;
+        return num && n >= 512 && n <= max_bs && (n & 511) == 0;
+    }
+    if (strcmp(key, "qd") == 0) {
+        return bench_parse_qds(v, spec->qds, &spec->n_qds, max_qd);
+    }
+    if (strcmp(key, "seconds") == 0) {
+        spec->seconds = n;
+        return num && n >= 1 && n <= BENCH_MAX_SECONDS;
+    }
+    *taken = false;
+    return false;
+}
+
+bool bench_parse_args(int argc, char** argv, const char* name, struct bench_spec* spec, uint32_t max_bs,
+                      uint32_t max_qd, bench_other_arg other, void* ctx) {
+    for (int i = 1; i < argc; i++) {
+        char* a = argv[i];
+        char* eq = a;
+        while (*eq != '\0' && *eq != '=') {
+            eq++;
+        }
+        bool ok = false;
+        if (*eq == '=') {
+            *eq = '\0';
+            const char* v = eq + 1;
+            uint64_t n = 0;
+            bool num = parse_u64(v, &n);
+            bool taken;
+            ok = parse_spec_arg(spec, a, v, n, num, max_bs, max_qd, &taken);
+            if (!taken) {
+                ok = other(ctx, a, v, n, num);
+            }
+            *eq = '=';
+        }
+        if (!ok) {
+            printk("%s: bad argument '%s'\n", name, a);
+            return false;
+        }
+    }
+    return true;
+}
+
+uint64_t bench_next_slot(enum rw_kind rw, uint64_t slots, uint64_t* rng, uint64_t* seq) {
+    if (rw == RANDREAD || rw == RANDWRITE) {
+        return bench_xorshift64(rng) % slots;
+    }
+    uint64_t slot = *seq;
+    *seq = *seq + 1 == slots ? 0 : *seq + 1;
+    return slot;
+}

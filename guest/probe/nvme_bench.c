@@ -11,18 +11,10 @@
 #include "x86.h"
 
 #define MAX_BS (1024u * 1024u)
-#define MAX_SECONDS 3600
 #define STALL_US 5000000 /* no completion for this long: give up */
 
-enum rw_kind { RANDREAD, RANDWRITE, SEQREAD, SEQWRITE };
-static const char* const rw_names[] = {"randread", "randwrite", "read", "write"};
-
 struct bench_cfg {
-    enum rw_kind rw;
-    uint32_t bs;
-    uint32_t qds[BENCH_MAX_QDS];
-    unsigned n_qds;
-    uint64_t seconds;
+    struct bench_spec spec;
     uint64_t ctrl;
     struct nvme_opts opts;
 };
@@ -42,70 +34,24 @@ static uint64_t slot_lba[NVME_IO_ENTRIES_MAX];
 static bool in_flight[NVME_IO_ENTRIES_MAX];
 static uint16_t free_cids[NVME_IO_ENTRIES_MAX];
 
-static bool parse_args(int argc, char** argv, struct bench_cfg* cfg) {
-    for (int i = 1; i < argc; i++) {
-        char* a = argv[i];
-        char* eq = a;
-        while (*eq != '\0' && *eq != '=') {
-            eq++;
-        }
-        if (*eq != '=') {
-            return false;
-        }
-        *eq = '\0';
-        const char* v = eq + 1;
-        uint64_t n = 0;
-        bool num = parse_u64(v, &n);
-        bool ok = true;
-        if (strcmp(a, "rw") == 0) {
-            ok = false;
-            for (unsigned k = 0; k < 4; k++) {
-                if (strcmp(v, rw_names[k]) == 0) {
-                    cfg->rw = (enum rw_kind)k;
-                    ok = true;
-                }
-            }
-        } else if (strcmp(a, "bs") == 0) {
-            ok = num && n >= 512 && n <= MAX_BS && (n & 511) == 0;
-            cfg->bs = (uint32_t)n;
-        } else if (strcmp(a, "qd") == 0) {
-            ok = bench_parse_qds(v, cfg->qds, &cfg->n_qds, NVME_QD_MAX);
-        } else if (strcmp(a, "seconds") == 0) {
-            ok = num && n >= 1 && n <= MAX_SECONDS;
-            cfg->seconds = n;
-        } else if (strcmp(a, "ctrl") == 0) {
-            ok = num && n < NVME_MAX_CTRLS;
-            cfg->ctrl = n;
-        } else if (strcmp(a, "irq") == 0) {
-            ok = num && n <= 1;
-            cfg->opts.irq = n != 0;
-        } else if (strcmp(a, "shadow") == 0) {
-            ok = num && n <= 1;
-            cfg->opts.shadow = n != 0;
-        } else {
-            ok = false;
-        }
-        *eq = '=';
-        if (!ok) {
-            printk("nvme-bench: bad argument '%s'\n", a);
-            return false;
-        }
+static bool parse_other_arg(void* ctx, const char* key, const char* value, uint64_t n, bool num) {
+    struct bench_cfg* cfg = ctx;
+    (void)value;
+    if (strcmp(key, "ctrl") == 0) {
+        cfg->ctrl = n;
+        return num && n < NVME_MAX_CTRLS;
     }
-    return true;
+    if (strcmp(key, "irq") == 0) {
+        cfg->opts.irq = n != 0;
+        return num && n <= 1;
+    }
+    if (strcmp(key, "shadow") == 0) {
+        cfg->opts.shadow = n != 0;
+        return num && n <= 1;
+    }
+    return false;
 }
 
-/* Next target LBA: uniformly random bs-aligned offsets, or sequential with wrap-around. */
-static uint64_t next_lba(const struct bench_cfg* cfg, uint64_t slots, uint32_t nblk, uint64_t* rng,
-                         uint64_t* seq) {
-    uint64_t slot;
-    if (cfg->rw == RANDREAD || cfg->rw == RANDWRITE) {
-        slot = bench_xorshift64(rng) % slots;
-    } else {
-        slot = *seq;
-        *seq = *seq + 1 == slots ? 0 : *seq + 1;
-    }
-    return slot * nblk;
-}
 
 /* Drains new completions; returns how many, or -1 on a corrupt completion. */
 static int reap_all(struct nvme_ctrl* c, struct run_state* r, uint32_t* inflight, unsigned* nfree) {
@@ -149,9 +95,9 @@ static bool run_one(struct nvme_ctrl* c, const struct bench_cfg* cfg, uint32_t q
     lat_hist_clear(&hist);
     memset(in_flight, 0, sizeof(in_flight));
     memset(r, 0, sizeof(*r));
-    uint32_t nblk = cfg->bs >> c->lba_shift;
+    uint32_t nblk = cfg->spec.bs >> c->lba_shift;
     uint64_t slots = c->blocks / nblk;
-    bool writes = cfg->rw == RANDWRITE || cfg->rw == SEQWRITE;
+    bool writes = cfg->spec.rw == RANDWRITE || cfg->spec.rw == SEQWRITE;
     uint8_t opcode = writes ? NVME_CMD_WRITE : NVME_CMD_READ;
     uint64_t rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)qd << 32) ^ c->index;
     uint64_t seq = 0;
@@ -166,7 +112,7 @@ static bool run_one(struct nvme_ctrl* c, const struct bench_cfg* cfg, uint32_t q
     uint64_t cq0 = q->mmio_cq_rings, cqs0 = q->shadow_cq_skips;
     uint64_t stall = tsc_cycles_from_us(STALL_US);
     r->start = rdtsc();
-    uint64_t end = r->start + cfg->seconds * tsc_khz * 1000;
+    uint64_t end = r->start + cfg->spec.seconds * tsc_khz * 1000;
     uint64_t progress = r->start;
     for (;;) {
         uint64_t now = rdtsc();
@@ -175,15 +121,15 @@ static bool run_one(struct nvme_ctrl* c, const struct bench_cfg* cfg, uint32_t q
             unsigned nb = 0;
             while (nfree > 0) {
                 uint16_t cid = free_cids[--nfree];
-                uint8_t* buf = bufs + (uint64_t)cid * cfg->bs;
-                uint64_t lba = next_lba(cfg, slots, nblk, &rng, &seq);
+                uint8_t* buf = bufs + (uint64_t)cid * cfg->spec.bs;
+                uint64_t lba = bench_next_slot(cfg->spec.rw, slots, &rng, &seq) * nblk;
                 if (writes) {
                     for (uint32_t k = 0; k < nblk; k++) {
                         nvme_pattern_fill(buf + ((uint64_t)k << c->lba_shift), c->block_size,
                                           c->index, lba + k);
                     }
                 }
-                if (!nvme_io_push(c, cid, opcode, lba, nblk, buf, cfg->bs)) {
+                if (!nvme_io_push(c, cid, opcode, lba, nblk, buf, cfg->spec.bs)) {
                     printk("nvme-bench: cannot queue cid %u\n", cid);
                     return false;
                 }
@@ -227,7 +173,7 @@ static bool run_one(struct nvme_ctrl* c, const struct bench_cfg* cfg, uint32_t q
         }
     }
     r->irqs = __atomic_load_n(&msi_count[1], __ATOMIC_ACQUIRE) - irq0;
-    r->bytes = r->ios * cfg->bs;
+    r->bytes = r->ios * cfg->spec.bs;
     r->sq_mmio = q->mmio_sq_rings - sq0;
     r->sq_shadow_only = q->shadow_sq_skips - sqs0;
     r->cq_mmio = q->mmio_cq_rings - cq0;
@@ -237,7 +183,7 @@ static bool run_one(struct nvme_ctrl* c, const struct bench_cfg* cfg, uint32_t q
 
 static void report(const struct nvme_ctrl* c, const struct bench_cfg* cfg, uint32_t qd,
                    const struct run_state* r, bool ok) {
-    uint64_t us = bench_print_result("nvme-bench", rw_names[cfg->rw], cfg->bs, qd, r->ios,
+    uint64_t us = bench_print_result("nvme-bench", bench_rw_names[cfg->spec.rw], cfg->spec.bs, qd, r->ios,
                                      r->start, r->last_completion, &hist);
     printk(
         "nvme-bench: ctrl %u %s ios=%llu errors=%llu elapsed_ms=%llu irq=%d shadow=%d "
@@ -251,14 +197,10 @@ static void report(const struct nvme_ctrl* c, const struct bench_cfg* cfg, uint3
 }
 
 int workload_nvme_bench(int argc, char** argv) {
-    struct bench_cfg cfg = {.rw = RANDREAD,
-                            .bs = 4096,
-                            .qds = {1},
-                            .n_qds = 1,
-                            .seconds = 5,
+    struct bench_cfg cfg = {.spec = {.rw = RANDREAD, .bs = 4096, .qds = {1}, .n_qds = 1, .seconds = 5},
                             .ctrl = 0,
                             .opts = {.irq = false, .shadow = true}};
-    if (!parse_args(argc, argv, &cfg)) {
+    if (!bench_parse_args(argc, argv, "nvme-bench", &cfg.spec, MAX_BS, NVME_QD_MAX, parse_other_arg, &cfg)) {
         printk(
             "nvme-bench: usage: nvme-bench rw=randread|randwrite|read|write bs=B qd=N[,N...] "
             "seconds=S [ctrl=I] [irq=0|1] [shadow=0|1]\n");
@@ -279,13 +221,13 @@ int workload_nvme_bench(int argc, char** argv) {
         printk("nvme-bench: ctrl %u bring-up failed\n", c->index);
         return 1;
     }
-    if (cfg.bs % c->block_size != 0 || cfg.bs > c->max_xfer || cfg.bs >> c->lba_shift > c->blocks) {
+    if (cfg.spec.bs % c->block_size != 0 || cfg.spec.bs > c->max_xfer || cfg.spec.bs >> c->lba_shift > c->blocks) {
         printk("nvme-bench: bs=%u must be a multiple of %u, at most %u and within the namespace\n",
-               cfg.bs, c->block_size, c->max_xfer);
+               cfg.spec.bs, c->block_size, c->max_xfer);
         nvme_shutdown(c);
         return 2;
     }
-    uint8_t* bufs = ram_alloc((uint64_t)(c->io.entries - 1) * cfg.bs, NVME_PAGE);
+    uint8_t* bufs = ram_alloc((uint64_t)(c->io.entries - 1) * cfg.spec.bs, NVME_PAGE);
     if (bufs == NULL) {
         nvme_shutdown(c);
         return 1;
@@ -293,8 +235,8 @@ int workload_nvme_bench(int argc, char** argv) {
     printk("nvme-bench: ctrl %u model='%s' blocks=%llu bs=%u tsc_khz=%llu\n", c->index, c->model,
            (unsigned long long)c->blocks, c->block_size, (unsigned long long)tsc_khz);
     bool all_ok = true;
-    for (unsigned i = 0; i < cfg.n_qds; i++) {
-        uint32_t qd = cfg.qds[i];
+    for (unsigned i = 0; i < cfg.spec.n_qds; i++) {
+        uint32_t qd = cfg.spec.qds[i];
         if (qd > (uint32_t)c->io.entries - 1) {
             printk("nvme-bench: qd=%u above what a %u-entry queue holds; using %u\n", qd,
                    c->io.entries, c->io.entries - 1u);

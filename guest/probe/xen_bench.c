@@ -11,18 +11,10 @@
 #include "x86.h"
 #include "xen_blk.h"
 
-#define MAX_SECONDS 3600
 #define STALL_US 5000000 /* no completion for this long: give up */
 
-enum rw_kind { RANDREAD, RANDWRITE, SEQREAD, SEQWRITE };
-static const char* const rw_names[] = {"randread", "randwrite", "read", "write"};
-
 struct bench_cfg {
-    enum rw_kind rw;
-    uint32_t bs;
-    uint32_t qds[BENCH_MAX_QDS];
-    unsigned n_qds;
-    uint64_t seconds;
+    struct bench_spec spec;
     uint64_t disk;
     bool irq;
 };
@@ -48,68 +40,20 @@ static uint64_t submit_tsc[XBLK_RING_ENTRIES];
 static uint64_t slot_sector[XBLK_RING_ENTRIES];
 static bool in_flight[XBLK_RING_ENTRIES];
 
-static bool parse_args(int argc, char** argv, struct bench_cfg* cfg) {
-    for (int i = 1; i < argc; i++) {
-        char* a = argv[i];
-        char* eq = a;
-        while (*eq != '\0' && *eq != '=') {
-            eq++;
-        }
-        if (*eq != '=') {
-            printk("xen-bench: bad argument '%s'\n", a);
-            return false;
-        }
-        *eq = '\0';
-        const char* v = eq + 1;
-        uint64_t n = 0;
-        bool num = parse_u64(v, &n);
-        bool ok = true;
-        if (strcmp(a, "rw") == 0) {
-            ok = false;
-            for (unsigned k = 0; k < 4; k++) {
-                if (strcmp(v, rw_names[k]) == 0) {
-                    cfg->rw = (enum rw_kind)k;
-                    ok = true;
-                }
-            }
-        } else if (strcmp(a, "bs") == 0) {
-            ok = num && n >= XBLK_SECTOR && n <= XBLK_MAX_SLOT_BYTES && n % XBLK_SECTOR == 0;
-            cfg->bs = (uint32_t)n;
-        } else if (strcmp(a, "qd") == 0) {
-            ok = bench_parse_qds(v, cfg->qds, &cfg->n_qds, XBLK_RING_ENTRIES);
-        } else if (strcmp(a, "seconds") == 0) {
-            ok = num && n >= 1 && n <= MAX_SECONDS;
-            cfg->seconds = n;
-        } else if (strcmp(a, "disk") == 0) {
-            ok = num && n < XBLK_MAX_DISKS;
-            cfg->disk = n;
-        } else if (strcmp(a, "irq") == 0) {
-            ok = num && n <= 1;
-            cfg->irq = n != 0;
-        } else {
-            ok = false;
-        }
-        *eq = '=';
-        if (!ok) {
-            printk("xen-bench: bad argument '%s'\n", a);
-            return false;
-        }
+static bool parse_other_arg(void* ctx, const char* key, const char* value, uint64_t n, bool num) {
+    struct bench_cfg* cfg = ctx;
+    (void)value;
+    if (strcmp(key, "disk") == 0) {
+        cfg->disk = n;
+        return num && n < XBLK_MAX_DISKS;
     }
-    return true;
+    if (strcmp(key, "irq") == 0) {
+        cfg->irq = n != 0;
+        return num && n <= 1;
+    }
+    return false;
 }
 
-/* Next target sector: uniformly random bs-aligned offsets, or sequential with wrap-around. */
-static uint64_t next_sector(const struct bench_cfg* cfg, uint64_t slots, uint64_t* rng,
-                            uint64_t* seq) {
-    uint64_t slot;
-    if (cfg->rw == RANDREAD || cfg->rw == RANDWRITE) {
-        slot = bench_xorshift64(rng) % slots;
-    } else {
-        slot = *seq;
-        *seq = *seq + 1 == slots ? 0 : *seq + 1;
-    }
-    return slot * (cfg->bs / XBLK_SECTOR);
-}
 
 /* Drains responses; returns how many, or -1 on one that cannot be ours. */
 static int reap_all(struct xblk_disk* d, uint8_t op, struct run_state* r, uint32_t* inflight,
@@ -155,9 +99,9 @@ static bool run_one(struct xblk_disk* d, const struct bench_cfg* cfg, uint32_t q
     lat_hist_clear(&hist);
     memset(in_flight, 0, sizeof(in_flight));
     memset(r, 0, sizeof(*r));
-    uint32_t blocks_per_io = cfg->bs / d->sector_size;
-    uint64_t slots = d->sectors / (cfg->bs / XBLK_SECTOR);
-    bool writes = cfg->rw == RANDWRITE || cfg->rw == SEQWRITE;
+    uint32_t blocks_per_io = cfg->spec.bs / d->sector_size;
+    uint64_t slots = d->sectors / (cfg->spec.bs / XBLK_SECTOR);
+    bool writes = cfg->spec.rw == RANDWRITE || cfg->spec.rw == SEQWRITE;
     uint8_t op = writes ? BLKIF_OP_WRITE : BLKIF_OP_READ;
     uint64_t rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)qd << 32) ^ d->index;
     uint64_t seq = 0;
@@ -173,7 +117,7 @@ static bool run_one(struct xblk_disk* d, const struct bench_cfg* cfg, uint32_t q
     r->upcalls = __atomic_load_n(&xen_upcall_count, __ATOMIC_ACQUIRE);
     uint64_t stall = tsc_cycles_from_us(STALL_US);
     r->start = rdtsc();
-    uint64_t end = r->start + cfg->seconds * tsc_khz * 1000;
+    uint64_t end = r->start + cfg->spec.seconds * tsc_khz * 1000;
     uint64_t progress = r->start;
     for (;;) {
         uint64_t now = rdtsc();
@@ -183,7 +127,7 @@ static bool run_one(struct xblk_disk* d, const struct bench_cfg* cfg, uint32_t q
             while (nfree > 0) {
                 uint32_t s = free_slots[--nfree];
                 uint8_t* buf = xblk_slot_buf(d, s);
-                uint64_t sector = next_sector(cfg, slots, &rng, &seq);
+                uint64_t sector = bench_next_slot(cfg->spec.rw, slots, &rng, &seq) * (cfg->spec.bs / XBLK_SECTOR);
                 if (writes) {
                     uint64_t lba = sector / (d->sector_size / XBLK_SECTOR);
                     for (uint32_t k = 0; k < blocks_per_io; k++) {
@@ -191,7 +135,7 @@ static bool run_one(struct xblk_disk* d, const struct bench_cfg* cfg, uint32_t q
                                           d->index, lba + k);
                     }
                 }
-                if (!xblk_queue(d, s, op, sector, 0, cfg->bs)) {
+                if (!xblk_queue(d, s, op, sector, 0, cfg->spec.bs)) {
                     return finish(d, r, false);
                 }
                 slot_sector[s] = sector;
@@ -231,7 +175,7 @@ static bool run_one(struct xblk_disk* d, const struct bench_cfg* cfg, uint32_t q
 
 static void report(const struct xblk_disk* d, const struct bench_cfg* cfg, uint32_t qd,
                    const struct run_state* r, bool ok) {
-    uint64_t us = bench_print_result("xen-bench", rw_names[cfg->rw], cfg->bs, qd, r->ios, r->start,
+    uint64_t us = bench_print_result("xen-bench", bench_rw_names[cfg->spec.rw], cfg->spec.bs, qd, r->ios, r->start,
                                      r->last_completion, &hist);
     printk(
         "xen-bench: disk %u %s ios=%llu errors=%llu elapsed_ms=%llu irq=%d notify_sent=%llu "
@@ -244,8 +188,9 @@ static void report(const struct xblk_disk* d, const struct bench_cfg* cfg, uint3
 
 int workload_xen_bench(int argc, char** argv) {
     struct bench_cfg cfg = {
-        .rw = RANDREAD, .bs = 4096, .qds = {1}, .n_qds = 1, .seconds = 5, .disk = 0, .irq = false};
-    if (!parse_args(argc, argv, &cfg)) {
+        .spec = {.rw = RANDREAD, .bs = 4096, .qds = {1}, .n_qds = 1, .seconds = 5}, .disk = 0, .irq = false};
+    if (!bench_parse_args(argc, argv, "xen-bench", &cfg.spec, XBLK_MAX_SLOT_BYTES, XBLK_RING_ENTRIES, parse_other_arg,
+                          &cfg)) {
         printk(
             "xen-bench: usage: xen-bench rw=randread|randwrite|read|write bs=B qd=N[,N...] "
             "seconds=S [disk=I] [irq=0|1]\n");
@@ -270,17 +215,17 @@ int workload_xen_bench(int argc, char** argv) {
         printk("xen-bench: disk %u bring-up failed\n", d->index);
         return 1;
     }
-    if (cfg.bs % d->sector_size != 0 || cfg.bs / XBLK_SECTOR > d->sectors) {
-        printk("xen-bench: bs=%u must be a multiple of %u and within the disk\n", cfg.bs,
+    if (cfg.spec.bs % d->sector_size != 0 || cfg.spec.bs / XBLK_SECTOR > d->sectors) {
+        printk("xen-bench: bs=%u must be a multiple of %u and within the disk\n", cfg.spec.bs,
                d->sector_size);
         xblk_close(d);
         return 2;
     }
     uint32_t max_qd = 1;
-    for (unsigned i = 0; i < cfg.n_qds; i++) {
-        max_qd = cfg.qds[i] > max_qd ? cfg.qds[i] : max_qd;
+    for (unsigned i = 0; i < cfg.spec.n_qds; i++) {
+        max_qd = cfg.spec.qds[i] > max_qd ? cfg.spec.qds[i] : max_qd;
     }
-    uint32_t slot_bytes = (cfg.bs + XEN_PAGE - 1) / XEN_PAGE * XEN_PAGE;
+    uint32_t slot_bytes = (cfg.spec.bs + XEN_PAGE - 1) / XEN_PAGE * XEN_PAGE;
     if (!xblk_setup_slots(d, max_qd, slot_bytes)) {
         xblk_close(d);
         return 1;
@@ -288,10 +233,10 @@ int workload_xen_bench(int argc, char** argv) {
     printk("xen-bench: disk %u vbd=%u sectors=%llu sector_size=%u tsc_khz=%llu\n", d->index,
            d->vdev, (unsigned long long)d->sectors, d->sector_size, (unsigned long long)tsc_khz);
     bool all_ok = true;
-    for (unsigned i = 0; i < cfg.n_qds; i++) {
+    for (unsigned i = 0; i < cfg.spec.n_qds; i++) {
         struct run_state r;
-        bool ok = run_one(d, &cfg, cfg.qds[i], &r);
-        report(d, &cfg, cfg.qds[i], &r, ok);
+        bool ok = run_one(d, &cfg, cfg.spec.qds[i], &r);
+        report(d, &cfg, cfg.spec.qds[i], &r, ok);
         all_ok = all_ok && ok;
         if (!ok) {
             break; /* requests may still be in flight: no further runs on this ring */
