@@ -535,25 +535,14 @@ XsResult<std::vector<std::string>> Store::directory(DomId caller, TxId tx, std::
 
 XsResult<void> Store::write(DomId caller, TxId tx, std::string_view path, std::string_view value) {
     if (value.size() > kMaxValueSize) return std::unexpected(XsError::TooBig);
-    Posts posts;
-    {
-        std::lock_guard lk(impl_->mu);
-        auto abs = Impl::resolve(caller, path);
-        if (!abs) return std::unexpected(abs.error());
-        auto t = impl_->view(caller, tx);
-        if (!t) return std::unexpected(t.error());
-        auto c = split(*abs);
-        if (!may_write(caller, c, **t)) return std::unexpected(XsError::Access);
-        if (auto r = impl_->before_change(tx, c, false); !r) return r;
-        auto changed = put(**t, c, caller, &value, impl_->stamp(tx));
-        if (!changed) return std::unexpected(changed.error());
-        impl_->record(tx, Op{Op::Kind::Write, caller, std::move(*abs), std::string(value), 0, {}}, posts);
-    }
-    deliver(posts);
-    return {};
+    return put_node(caller, tx, path, &value);
 }
 
 XsResult<void> Store::mkdir(DomId caller, TxId tx, std::string_view path) {
+    return put_node(caller, tx, path, nullptr);
+}
+
+XsResult<void> Store::put_node(DomId caller, TxId tx, std::string_view path, const std::string_view* value) {
     Posts posts;
     {
         std::lock_guard lk(impl_->mu);
@@ -564,9 +553,14 @@ XsResult<void> Store::mkdir(DomId caller, TxId tx, std::string_view path) {
         auto c = split(*abs);
         if (!may_write(caller, c, **t)) return std::unexpected(XsError::Access);
         if (auto r = impl_->before_change(tx, c, false); !r) return r;
-        auto changed = put(**t, c, caller, nullptr, impl_->stamp(tx));
+        auto changed = put(**t, c, caller, value, impl_->stamp(tx));
         if (!changed) return std::unexpected(changed.error());
-        if (*changed) impl_->record(tx, Op{Op::Kind::Mkdir, caller, std::move(*abs), {}, 0, {}}, posts);
+        // A write fires watches even when the value stays the same; a mkdir of an existing
+        // node changes nothing.
+        if (value)
+            impl_->record(tx, Op{Op::Kind::Write, caller, std::move(*abs), std::string(*value), 0, {}}, posts);
+        else if (*changed)
+            impl_->record(tx, Op{Op::Kind::Mkdir, caller, std::move(*abs), {}, 0, {}}, posts);
     }
     deliver(posts);
     return {};

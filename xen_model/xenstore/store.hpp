@@ -125,6 +125,9 @@ public:
     void remove_domain(DomId domid);
 
 private:
+    // write (value set) and mkdir (value null): create the node and its missing parents.
+    XsResult<void> put_node(DomId caller, TxId tx, std::string_view path, const std::string_view* value);
+
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
