@@ -13,6 +13,7 @@
 
 #include "card/volume_id.hpp"
 #include "common/cpu_time.hpp"
+#include "common/service.hpp"
 #include "common/log.hpp"
 #include "nvme/controller.hpp"
 #include "storage/file_backend.hpp"
@@ -65,12 +66,7 @@ int main(int argc, char** argv) {
     if (auto s = common::setup_logging("nitro-card", log_level); !s) return usage_error(s.error().message);
 
     // SIGTERM/SIGINT end the card cleanly; they are taken synchronously below.
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-    ::signal(SIGPIPE, SIG_IGN);
+    const common::StopSignals stop_signals;
 
     std::vector<std::unique_ptr<nitro_card::DeviceServer>> servers;
     std::vector<std::shared_ptr<nitro_card::nvme::Controller>> controllers;
@@ -122,16 +118,11 @@ int main(int argc, char** argv) {
         servers.push_back(std::move(*server));
         controllers.push_back(*ctrl);
     }
-    if (ready_fd >= 0) {
-        char b = 1;
-        (void)!::write(ready_fd, &b, 1);
-        ::close(ready_fd);
-    }
+    common::signal_ready(ready_fd);
 
     // Wait for a stop signal, or (one-shot mode) for every device to have had its client leave.
     for (;;) {
-        timespec tick{0, 100'000'000};
-        int sig = ::sigtimedwait(&stop_signals, nullptr, &tick);
+        const int sig = stop_signals.wait_for(std::chrono::milliseconds(100));
         if (sig > 0) {
             spdlog::info("signal {}: stopping", sig);
             break;

@@ -17,6 +17,7 @@
 #include "api/host_service.hpp"
 #include "catalog/catalog.hpp"
 #include "common/log.hpp"
+#include "common/service.hpp"
 #include "instances/manager.hpp"
 
 #ifndef NH_CATALOG_DIR
@@ -104,12 +105,7 @@ int main(int argc, char** argv) {
     if (::access(nitrovm.c_str(), X_OK) != 0) return usage_error(fmt::format("--nitrovm {}: not executable", nitrovm));
 
     // Signals go to one waiting thread; every other thread (and so gRPC's) has them blocked.
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    ::pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-    ::signal(SIGPIPE, SIG_IGN);
+    const common::StopSignals stop_signals;
 
     hostd::instances::HostConfig cfg;
     cfg.state_dir = state_dir;
@@ -143,8 +139,7 @@ int main(int argc, char** argv) {
     spdlog::info("serving nitrohost.v1.HostService on unix:{}{} (reflection on); state in {}", socket,
                  listen.empty() ? "" : fmt::format(" and {} (port {})", listen, tcp_port), state_dir);
 
-    int sig = 0;
-    ::sigwait(&sigs, &sig);
+    const int sig = stop_signals.wait();
     spdlog::info("{}: stopping every instance", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     (*manager)->stop_all(fmt::format("hostd stopped ({})", sig == SIGTERM ? "SIGTERM" : "SIGINT"));
     service.shutdown();

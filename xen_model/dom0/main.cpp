@@ -12,6 +12,7 @@
 
 #include "common/cpu_time.hpp"
 #include "common/log.hpp"
+#include "common/service.hpp"
 #include "xen_model/dom0/server.hpp"
 
 namespace {
@@ -42,12 +43,7 @@ int main(int argc, char** argv) {
     }
     if (auto s = common::setup_logging("xen-dom0", log_level); !s) return usage_error(s.error().message);
 
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);  // before any thread starts
-    ::signal(SIGPIPE, SIG_IGN);
+    const common::StopSignals stop_signals;  // before any thread starts
 
     const auto dir = std::filesystem::path(socket_path).parent_path();
     if (!dir.empty()) {
@@ -58,15 +54,10 @@ int main(int argc, char** argv) {
     auto server = xen_model::dom0::Server::start(socket_path);
     if (!server) return usage_error(server.error().message);
     spdlog::info("listening at {}", socket_path);
-    if (ready_fd >= 0) {
-        char b = 1;
-        (void)!::write(ready_fd, &b, 1);
-        ::close(ready_fd);
-    }
+    common::signal_ready(ready_fd);
 
     for (;;) {
-        timespec tick{0, 100'000'000};
-        const int sig = ::sigtimedwait(&stop_signals, nullptr, &tick);
+        const int sig = stop_signals.wait_for(std::chrono::milliseconds(100));
         if (sig > 0) {
             spdlog::info("signal {}: stopping", sig);
             break;
