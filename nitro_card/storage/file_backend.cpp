@@ -2,8 +2,11 @@
 
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <linux/magic.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -12,6 +15,8 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+
+#include "storage/guarded_copy.hpp"
 
 namespace nitro_card::storage {
 
@@ -66,6 +71,13 @@ common::Result<std::uint64_t> volume_size(const std::string& path, int fd) {
         Error::invalid(fmt::format("{} is neither a regular file nor a block device", path)));
 }
 
+// True for file systems whose files are memory: tmpfs (/dev/shm) and ramfs.
+bool on_memory_fs(int fd) {
+    struct statfs fs {};
+    if (::fstatfs(fd, &fs) != 0) return false;
+    return fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC;
+}
+
 }  // namespace
 
 FileBackend::Ring::~Ring() {
@@ -115,7 +127,12 @@ common::Result<std::unique_ptr<FileBackend>> FileBackend::open(const std::string
     std::unique_ptr<FileBackend> b(
         new FileBackend(path, std::move(*fd), std::move(*event), *size, options.queue_depth));
     b->options_batch_ = options.batch_submissions;
-    if (options.try_direct) {
+    if (options.map_memory_files) {
+        if (auto s = b->setup_mapping(); !s) return fail(std::move(s.error()));
+    }
+    if (b->mapped()) {
+        // Reads and writes never reach a descriptor; O_DIRECT would change nothing.
+    } else if (options.try_direct) {
         if (auto s = b->setup_direct(); !s) return fail(std::move(s.error()));
     } else {
         spdlog::debug("volume {}: buffered I/O (O_DIRECT disabled by options)", path);
@@ -156,6 +173,23 @@ common::Status FileBackend::setup_direct() {
     spdlog::debug(
         "volume {}: O_DIRECT for aligned requests (memory {}, offset {}{}), buffered for the rest",
         path_, dio_mem_align_, dio_offset_align_, reported ? "" : ", assumed");
+    return {};
+}
+
+common::Status FileBackend::setup_mapping() {
+    struct stat st {};
+    if (::fstat(fd_.get(), &st) != 0 || !S_ISREG(st.st_mode) || !on_memory_fs(fd_.get()))
+        return {};
+    auto m = common::Mmap::map_shared(fd_.get(), size_, 0, PROT_READ | PROT_WRITE);
+    if (!m) {
+        // Only slower without it.
+        spdlog::warn("volume {}: on a memory file system, but mapping it failed ({}); using io_uring",
+                     path_, m.error().message);
+        return {};
+    }
+    mapped_ = std::move(*m);
+    spdlog::info("volume {}: on a memory file system; reads and writes copy through a mapping",
+                 path_);
     return {};
 }
 
@@ -218,6 +252,10 @@ common::Status FileBackend::submit(const Request& req) {
         case Op::Read:
         case Op::Write:
             s.stage = Stage::Transfer;
+            if (mapped()) {
+                copy_mapped(idx);
+                break;
+            }
             if (direct_fd_ && !direct_fits(s.offset, s.iov)) ++buffered_fallbacks_;
             queue_transfer(idx);
             break;
@@ -231,8 +269,37 @@ common::Status FileBackend::submit(const Request& req) {
             break;
     }
     if (!options_batch_) flush_submissions();
-    if (!ready_.empty()) (void)event_.signal();
+    if (!ready_.empty()) note_ready();
     return {};
+}
+
+// A mapped read or write, done now. A fault part-way fails the request with what was copied
+// before it counted as transferred: EIO when reading (the file shrank), ENOSPC when writing (the
+// file system could not allocate the page; a shrunken file ends up here too).
+void FileBackend::copy_mapped(std::uint32_t idx) {
+    Slot& s = slots_[idx];
+    const std::span<const std::byte> window(mapped_.data(), mapped_.size());
+    for (const iovec& v : s.iov) {
+        std::byte* file = mapped_.data() + s.offset;
+        const bool ok = s.op == Op::Read ? guarded_copy(v.iov_base, file, v.iov_len, window)
+                                         : guarded_copy(file, v.iov_base, v.iov_len, window);
+        if (!ok) {
+            spdlog::warn("volume {}: {} at {:#x} faulted on the file's mapping (was the file "
+                         "truncated, or is its file system full?)",
+                         path_, to_string(s.op), s.offset);
+            return finish(idx, s.op == Op::Read ? -EIO : -ENOSPC);
+        }
+        s.offset += v.iov_len;
+        s.remaining -= v.iov_len;
+    }
+    finish(idx, 0);
+}
+
+// Makes completion_fd() readable for requests finished without the kernel, once until reap().
+void FileBackend::note_ready() {
+    if (signalled_) return;
+    (void)event_.signal();
+    signalled_ = true;
 }
 
 io_uring_sqe* FileBackend::next_sqe(std::uint32_t idx) {
@@ -246,6 +313,7 @@ io_uring_sqe* FileBackend::next_sqe(std::uint32_t idx) {
     io_uring_sqe_set_data64(sqe, idx);
     ++sqes_in_kernel_;
     unsubmitted_ = true;
+    ring_signals_ = true;
     return sqe;
 }
 
@@ -396,7 +464,14 @@ void FileBackend::flush_submissions() {
 }
 
 std::size_t FileBackend::reap(std::span<Completion> out) {
-    (void)event_.consume();
+    // Clearing the eventfd is a system call; skip it when nothing can have raised it. The kernel
+    // raises it just after posting a CQE, possibly after this call saw the CQE, so it counts as
+    // raised until a clear finds nothing in the kernel.
+    if (signalled_ || ring_signals_) {
+        (void)event_.consume();
+        signalled_ = false;
+        ring_signals_ = sqes_in_kernel_ > 0;
+    }
     std::size_t n = 0;
     for (;;) {
         while (n < out.size() && !ready_.empty()) {
@@ -416,7 +491,7 @@ std::size_t FileBackend::reap(std::span<Completion> out) {
     }
     flush_submissions();
     // Completions left for the next call must keep the fd readable.
-    if (!ready_.empty() || io_uring_cq_ready(ring_.get()) > 0) (void)event_.signal();
+    if (!ready_.empty() || io_uring_cq_ready(ring_.get()) > 0) note_ready();
     return n;
 }
 

@@ -12,7 +12,16 @@
 // fallocate(PUNCH_HOLE); where the filesystem lacks either, the range is overwritten with zeros
 // instead, so both always read back as zeros.
 //
-// The ring's eventfd is completion_fd(): the kernel signals it for every completion.
+// Files on memory file systems (tmpfs, ramfs) are read and written differently: by copying
+// through a shared mapping of the file, during submit(). io_uring cannot read or write them
+// without blocking, so it hands each request to one of its worker threads, which costs several
+// times the copy itself (about 2.5 us of CPU per 4 KiB read against 0.4 us for the copy on the
+// development machine). A fault on the mapping (the file was truncated, or tmpfs is full under a
+// sparse file) fails the request with EIO or ENOSPC (guarded_copy.hpp). Flush, WriteZeroes and
+// Discard take the io_uring path in either case.
+//
+// The ring's eventfd is completion_fd(): the kernel signals it for every completion, and the
+// backend itself when a request finished during submit().
 #pragma once
 
 #include <liburing.h>
@@ -40,6 +49,9 @@ struct FileBackendOptions {
     // submit() leaves requests in the ring until kick() or reap(): one system call for a batch.
     // Only for users that call kick() before they wait (the NVMe worker does, once per pass).
     bool batch_submissions = false;
+    // Serve reads and writes of a file on tmpfs or ramfs through a shared mapping (see above).
+    // False keeps them on io_uring.
+    bool map_memory_files = true;
 };
 
 class FileBackend final : public BlockBackend {
@@ -65,6 +77,8 @@ public:
     [[nodiscard]] bool direct() const noexcept { return direct_fd_.valid(); }
     // Read and write requests served buffered although direct(), because of their alignment.
     [[nodiscard]] std::uint64_t buffered_fallbacks() const noexcept { return buffered_fallbacks_; }
+    // True when reads and writes copy through a mapping of the file (a memory file system).
+    [[nodiscard]] bool mapped() const noexcept { return mapped_.size() != 0; }
 
 private:
     // Owns one io_uring instance.
@@ -104,6 +118,9 @@ private:
                 std::uint32_t depth);
     [[nodiscard]] common::Status setup_direct();
     [[nodiscard]] common::Status setup_ring();
+    [[nodiscard]] common::Status setup_mapping();
+    void copy_mapped(std::uint32_t idx);
+    void note_ready();
 
     [[nodiscard]] bool direct_fits(std::uint64_t offset, std::span<const iovec> iov) const noexcept;
     io_uring_sqe* next_sqe(std::uint32_t idx);
@@ -131,6 +148,9 @@ private:
     bool unsubmitted_ = false;          // SQEs wait for io_uring_submit
     bool options_batch_ = false;        // FileBackendOptions::batch_submissions
     common::Mmap zeros_;                // source for zero-fill writes, mapped on first use
+    common::Mmap mapped_;               // the whole file, when it lives on a memory file system
+    bool signalled_ = false;            // event_ raised for requests finished in submit()
+    bool ring_signals_ = false;         // the kernel may have raised event_ since it was cleared
     std::vector<Slot> slots_;
     std::vector<std::uint32_t> free_;
     std::deque<std::uint32_t> ready_;  // finished slots, in completion order

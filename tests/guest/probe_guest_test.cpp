@@ -193,14 +193,16 @@ std::size_t pattern_mismatches(const std::string& path, std::uint64_t ctrl, std:
 }  // namespace
 
 TEST_CASE("nitro: nvme-verify on two EBS volumes through the card; the pattern is in the backing files") {
+    // One volume on a disk file system (io_uring), one on tmpfs (copied through a mapping).
     std::string a = "/tmp/nitrovm-test-a-" + std::to_string(::getpid()) + ".img";
-    std::string b = "/tmp/nitrovm-test-b-" + std::to_string(::getpid()) + ".img";
+    std::string b = "/dev/shm/nitrovm-test-b-" + std::to_string(::getpid()) + ".img";
     ::unlink(a.c_str());
     ::unlink(b.c_str());
     auto r = nitrovm({"--vcpus", "1", "--volume", a + ",size=16M", "--volume", b + ",size=8M", "--", "nvme-verify"});
     CHECK(r.status == 0);
     CHECK(r.out.find("model='Amazon Elastic Block Store' serial='vol") != std::string::npos);
     CHECK(r.out.find("nvme-verify: controllers=2 passed=2") != std::string::npos);
+    CHECK(r.err.find("volume " + b + ": on a memory file system") != std::string::npos);
     std::size_t blocks_a = 0, blocks_b = 0;
     CHECK(pattern_mismatches(a, 0, blocks_a) == 0);
     CHECK(pattern_mismatches(b, 1, blocks_b) == 0);

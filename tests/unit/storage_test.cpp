@@ -100,23 +100,33 @@ Completion rw(BlockBackend& b, Op op, std::uint64_t offset, std::span<const iove
                Request{.op = op, .offset = offset, .length = len, .iov = iov, .tag = offset + 7});
 }
 
-std::unique_ptr<FileBackend> open_file(const TempPath& p, std::uint64_t size, bool direct) {
-    auto b = FileBackend::open(p.str(), {.create_size = size, .try_direct = direct});
+std::unique_ptr<FileBackend> open_file(const TempPath& p, std::uint64_t size, bool direct,
+                                       bool map = true) {
+    auto b = FileBackend::open(
+        p.str(), {.create_size = size, .try_direct = direct, .map_memory_files = map});
     REQUIRE_MESSAGE(b.has_value(), (b ? "" : b.error().message));
     return std::move(*b);
 }
 
-const char* const kDirs[] = {"/tmp", "/dev/shm"};
+// Where the file tests run: a disk file system, and tmpfs both through io_uring and mapped.
+struct Place {
+    const char* dir;
+    bool map;
+};
+const Place kPlaces[] = {{"/tmp", true}, {"/dev/shm", false}, {"/dev/shm", true}};
 
 }  // namespace
 
 TEST_CASE("FileBackend: write and read back, direct where possible and buffered") {
-    for (const std::string dir : kDirs) {
+    for (const Place& place : kPlaces) {
         for (bool direct : {true, false}) {
+            const std::string dir = place.dir;
             CAPTURE(dir);
+            CAPTURE(place.map);
             CAPTURE(direct);
             TempPath path(dir);
-            auto b = open_file(path, 4 * kMiB, direct);
+            auto b = open_file(path, 4 * kMiB, direct, place.map);
+            CHECK(b->mapped() == (place.map && dir == "/dev/shm"));
             CHECK(b->size_bytes() == 4 * kMiB);
             CHECK(b->block_size() == 512);
             if (!direct) CHECK_FALSE(b->direct());
@@ -251,12 +261,14 @@ TEST_CASE("FileBackend: refused requests leave the volume and the queue untouche
 }
 
 TEST_CASE("FileBackend: flush, write-zeroes and discard") {
-    for (const std::string dir : kDirs) {
+    for (const Place& place : kPlaces) {
         for (bool direct : {true, false}) {
+            const std::string dir = place.dir;
             CAPTURE(dir);
+            CAPTURE(place.map);
             CAPTURE(direct);
             TempPath path(dir);
-            auto b = open_file(path, 8 * kMiB, direct);
+            auto b = open_file(path, 8 * kMiB, direct, place.map);
             Buffer fill(8 * kMiB, 0xab);
             const iovec fv[] = {fill.iov(0, fill.size())};
             REQUIRE(rw(*b, Op::Write, 0, fv).status == 0);
@@ -334,6 +346,36 @@ TEST_CASE("FileBackend: teardown with requests in flight") {
     const iovec bv[] = {back.iov(0, back.size())};
     CHECK(rw(*again, Op::Read, 7 * 64 * 1024, bv).status == 0);
     CHECK(back.all(3, 0, back.size()));
+}
+
+TEST_CASE("FileBackend: a mapped volume whose file is truncated fails requests, not the process") {
+    TempPath path("/dev/shm");
+    auto b = open_file(path, 4 * kMiB, false);
+    REQUIRE(b->mapped());
+    Buffer out(8192);
+    out.pattern(4);
+    const iovec wv[] = {out.iov(0, 4096), out.iov(4096, 4096)};
+    REQUIRE(rw(*b, Op::Write, 0, wv).status == 0);
+    REQUIRE(rw(*b, Op::Write, 3 * kMiB, wv).status == 0);
+
+    // Someone on the host cuts the file to half its size under the running volume.
+    REQUIRE(::truncate(path.str().c_str(), 2 * kMiB) == 0);
+    Buffer in(8192, 0xee);
+    const iovec rv[] = {in.iov(0, 4096), in.iov(4096, 4096)};
+    Completion c = rw(*b, Op::Read, 3 * kMiB, rv);
+    CHECK(c.status == -EIO);
+    CHECK(c.bytes == 0);
+    // A request that straddles the new end: the part before it is copied and counted.
+    c = rw(*b, Op::Read, 2 * kMiB - 4096, rv);
+    CHECK(c.status == -EIO);
+    CHECK(c.bytes == 4096);
+    c = rw(*b, Op::Write, 3 * kMiB, wv);
+    CHECK(c.status == -ENOSPC);
+    // What the file still holds is served as before.
+    c = rw(*b, Op::Read, 0, rv);
+    CHECK(c.status == 0);
+    CHECK(std::memcmp(in.data(), out.data(), out.size()) == 0);
+    CHECK(b->in_flight() == 0);
 }
 
 TEST_CASE("RamBackend: round trip, zeroing and completion_fd") {
