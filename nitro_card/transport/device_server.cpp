@@ -1,5 +1,6 @@
 #include "transport/device_server.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <spdlog/spdlog.h>
@@ -18,6 +19,13 @@ constexpr int kPollMs = 200;
 constexpr std::uint32_t kConfigRegionSize = 256;
 constexpr std::uint32_t kPciRegions = 9;
 constexpr std::uint32_t kIrqIndexes = 5;
+
+// True when both descriptors open the same file (device and inode).
+bool same_file(int a, int b) {
+    struct stat sa {}, sb {};
+    if (::fstat(a, &sa) != 0 || ::fstat(b, &sb) != 0) return false;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
 }  // namespace
 
 DeviceServer::DeviceServer(std::string path, card::UnixSocket listener, std::shared_ptr<Device> dev,
@@ -115,6 +123,11 @@ card::Message DeviceServer::handle(const card::Message& m, std::vector<common::U
                 limits_ = agreed->caps;
                 return out;
             } else if constexpr (std::is_same_v<T, card::DmaMapRequest>) {
+                // Guest RAM is one file: the card rebuilds its view from the newest fd, so a
+                // region from another file would silently replace what the others point at.
+                if (!dma_.empty() && memfd_.valid() && !same_file(memfd_.get(), fds.at(0).get()))
+                    return refuse(EINVAL, "DMA_MAP with a different file than the guest RAM mapped so far "
+                                          "(unmap every region before switching files)");
                 if (auto s = dma_.map(body); !s) return refuse(s.error().errno_value, s.error().message);
                 // The new fd replaces the kept one only once the whole table maps with it: a
                 // refused DMA_MAP must leave the earlier mappings (and DMA_UNMAP) working.

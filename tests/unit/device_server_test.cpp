@@ -109,6 +109,18 @@ TEST_CASE("device server: the vmm's attach sequence, register access, doorbell a
     // The same range again overlaps: refused, and the server keeps serving.
     auto again = c.call(dm, std::span<const int>(&memfd, 1));
     CHECK(std::holds_alternative<card::ErrorReply>(again.msg.body));
+    // A free range backed by another file would replace guest RAM under the mapped range:
+    // refused, and the first file stays in use (the write through the device below lands in it).
+    // (The other file is big enough for both ranges, so only its identity is wrong.)
+    auto other = common::GuestMemory::create({{common::GuestAddr(0), 0x20000, 0}});
+    REQUIRE(other.has_value());
+    int other_fd = other->memfd().fd();
+    card::DmaMapRequest elsewhere;
+    elsewhere.offset = 0x10000;
+    elsewhere.addr = common::GuestAddr(0x100000);
+    elsewhere.size = 0x10000;
+    auto swapped = c.call(elsewhere, std::span<const int>(&other_fd, 1));
+    CHECK(std::holds_alternative<card::ErrorReply>(swapped.msg.body));
 
     auto cfg = c.call(card::RegionReadRequest{card::kPciConfigRegionIndex, 0, 64});
     auto* cr = std::get_if<card::RegionReadReply>(&cfg.msg.body);
