@@ -25,9 +25,15 @@ struct Calibration {
     // Nitro card.
     double nitro_notify_us = 1.0;     // waking an idle card worker (doorbell or backend completion), median
     double nitro_notify_p99_us = 0.0; // its 99th percentile (log-normal); <= the median: fixed
-    double host_stall_us = 0.0;       // card_on_host: mean time the emulator's threads lose their CPU (0: no stalls, only slower)
-    double host_cpu_share = 1.0;      // card_on_host: share of a CPU the emulator's threads get (a shared machine)
     double card_poll_us = 0.0;        // the worker stays awake (polls) this long after its last job
+    double card_poll_backoff_us = 100000.0;  // emulator: it stops polling this long after it lost its CPU while polling
+    double card_lost_cpu_per_s = 0.0; // emulator: how often a polling worker loses its CPU to the rest of the machine
+    // The emulator's host (card_on_host, HostCpus): its scheduler and the threads it runs.
+    double host_wake_us = 5.0;        // mean latency of a woken thread to run on an idle CPU
+    double host_preempt_us = 50.0;    // mean delay before a woken thread preempts a busy-polling vCPU thread
+    double host_slice_us = 4000.0;    // a thread that runs this long while others wait for a CPU is preempted
+    double backend_thread = 0.0;      // 1: the backend's I/O runs on a kernel worker thread (io_uring's io-wq), 0: in the worker
+    double xen_exit_us = 10.0;        // the guest's event-channel send as a VM exit handled in the vmm
     double card_us_per_io = 1.5;      // card CPU per I/O (submission + completion)
     double card_us_per_kib = 0.02;    // card CPU per KiB moved
     double pcie_us = 1.0;             // PCIe round trip for the command and the completion
@@ -51,7 +57,7 @@ struct Calibration {
     double tlb_window_us = 1000.0;    // a dom0 vCPU that ran blkback within this window is flushed
     double copy_us_per_kib = 0.1;     // persistent grants: copy cost per KiB
     bool persistent_grants = false;
-    double dom0_wake_us = 2.0;        // waking an idle blkback thread
+    double dom0_wake_us = 2.0;        // waking an idle blkback thread (its own CPU: the sleep and the wake-up)
     double xen_upcall_us = 1.5;       // event-channel upcall in the guest
     // Backend storage latency when a volume kind does not give its own.
     double ram_latency_us = 1.0;

@@ -18,7 +18,7 @@ using nlohmann::json;
 namespace {
 
 #define HS_CAL_NUMBERS(X)                                                                                      \
-    X(guest_submit_us) X(guest_complete_us) X(guest_irq_us) X(nitro_notify_us) X(nitro_notify_p99_us) X(card_poll_us) X(host_cpu_share) X(host_stall_us) X(card_us_per_io)             \
+    X(guest_submit_us) X(guest_complete_us) X(guest_irq_us) X(nitro_notify_us) X(nitro_notify_p99_us) X(card_poll_us) X(host_wake_us) X(host_preempt_us) X(host_slice_us) X(card_poll_backoff_us) X(card_lost_cpu_per_s) X(backend_thread) X(xen_exit_us) X(card_us_per_io)             \
     X(card_us_per_kib) X(pcie_us) X(dma_gbps) X(irq_us) X(exits_per_io) X(exit_us) X(evtchn_hop_us)           \
     X(hypercall_us) X(grant_setup_us) X(blkback_req_us) X(blkback_complete_us) X(grant_map_us)               \
     X(grant_unmap_us) X(grant_lock_us) X(tlb_ipi_us) X(tlb_window_us) X(copy_us_per_kib) X(dom0_wake_us)    \
@@ -215,8 +215,6 @@ Result<RunConfig> build_run(const json& doc, const std::string& base_dir, const 
     }
     if (doc.contains("calibration_overrides"))
         HS_TRY(apply_calibration(doc.at("calibration_overrides"), run.cal, "/calibration_overrides"));
-    if (run.cal.host_cpu_share <= 0.0 || run.cal.host_cpu_share > 1.0)
-        return fail(Error::invalid("host_cpu_share: must be in (0, 1]"));
 
     if (doc.contains("storage")) {
         Reader s(doc.at("storage"), "/storage", {"ebs", "instance_store"});
@@ -269,7 +267,9 @@ Result<RunConfig> build_run(const json& doc, const std::string& base_dir, const 
         }
     }
     if (run.instances.empty()) return fail(Error::invalid("/instances: every group has count 0"));
-    const int dom0 = run.io_model == IoModel::Xen ? run.host.dom0_vcpus : 0;
+    // On the emulator's host (card_on_host) the scheduler shares the CPUs, but a busy-polling
+    // vCPU thread holds one: more of them than CPUs would starve the I/O threads forever.
+    const int dom0 = run.io_model == IoModel::Xen && !run.host.card_on_host ? run.host.dom0_vcpus : 0;
     if (vcpus + dom0 > run.host.threads)
         return fail(Error::invalid(fmt::format(
             "/instances: {} guest vCPUs{} do not fit on {} host threads (vCPUs are pinned, one thread each)", vcpus,

@@ -6,11 +6,9 @@
 #include <array>
 #include <deque>
 #include <functional>
-#include <optional>
 #include <string>
 #include <vector>
 
-#include "../rng.hpp"
 #include "timeline.hpp"
 
 namespace hostsim {
@@ -36,22 +34,25 @@ public:
     }
 
     unsigned processors() const { return static_cast<unsigned>(last_run_.size()); }
-    // Processors that are not always there: each alternates between running (exponential, mean
-    // run) and being taken by something else (exponential, mean stall). Used for the emulator's
-    // threads on a shared machine; a job only progresses while its processor runs.
-    void set_preemption(Ps run_mean, Ps stall_mean, std::uint64_t seed) {
-        preempt_ = Preemption{run_mean, stall_mean, Rng(seed), {}, {}};
-        for (unsigned p = 0; p < processors(); ++p) {
-            const Ps run_end = draw(run_mean);
-            preempt_->run_until.push_back(run_end);
-            preempt_->stall_until.push_back(run_end + draw(stall_mean));
+    // A processor that is not always there: the emulator's vCPU thread, which the host's
+    // scheduler takes away now and then (HostCpus). Jobs start only while `available` says so;
+    // resume() starts those that waited. A job under way when the processor goes is finished
+    // as if it had stayed (guest jobs are far shorter than the time a thread loses its CPU).
+    void set_gate(std::function<bool()> available) { available_ = std::move(available); }
+    void resume() {
+        while (!free_.empty() && !waiting_.empty() && open()) {
+            const unsigned p = free_.back();
+            free_.pop_back();
+            Job next = std::move(waiting_.front());
+            waiting_.pop_front();
+            start(p, std::move(next));
         }
     }
 
     unsigned running() const { return processors() - static_cast<unsigned>(free_.size()); }
 
     void submit(Job job) {
-        if (free_.empty()) {
+        if (free_.empty() || !open()) {
             waiting_.push_back(std::move(job));
             max_waiting_ = std::max(max_waiting_, waiting_.size());
             return;
@@ -78,7 +79,7 @@ private:
         const Ps n = Timeline::now();
         const Ps d = job.dynamic ? job.dynamic(n, p) : job.duration;
         if (n >= count_from_) busy_[static_cast<std::size_t>(job.owner)] += d;
-        const Ps end = preempt_ ? finish(p, n, d) : n + d;
+        const Ps end = n + d;
         last_run_[p] = end;
         timeline_.at(end, [this, p, done = std::move(job.done)]() mutable {
             release(p);
@@ -86,7 +87,7 @@ private:
         });
     }
     void release(unsigned p) {
-        if (waiting_.empty()) {
+        if (waiting_.empty() || !open()) {
             free_.push_back(p);
             return;
         }
@@ -95,35 +96,10 @@ private:
         start(p, std::move(next));
     }
 
-    struct Preemption {
-        Ps run_mean, stall_mean;
-        Rng rng;
-        std::vector<Ps> run_until, stall_until;  // per processor: the current run period's end, then the stall's
-    };
-    Ps draw(Ps mean) { return static_cast<Ps>(preempt_->rng.exponential(static_cast<double>(mean))); }
-    // When `work` started at t on processor p is done, given its run/stall periods.
-    Ps finish(unsigned p, Ps t, Ps work) {
-        Ps& run_until = preempt_->run_until[p];
-        Ps& stall_until = preempt_->stall_until[p];
-        auto next = [&] {
-            run_until = stall_until + draw(preempt_->run_mean);
-            stall_until = run_until + draw(preempt_->stall_mean);
-        };
-        while (stall_until <= t) next();
-        for (;;) {
-            if (t >= run_until) {
-                t = stall_until;
-                next();
-            }
-            const Ps window = run_until - t;
-            if (work <= window) return t + work;
-            work -= window;
-            t = run_until;
-        }
-    }
+    bool open() const { return !available_ || available_(); }
 
     Timeline& timeline_;
-    std::optional<Preemption> preempt_;
+    std::function<bool()> available_;
     std::vector<Ps> last_run_;
     std::vector<unsigned> free_;
     std::deque<Job> waiting_;

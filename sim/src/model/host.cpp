@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 
+#include "host_cpus.hpp"
 #include "instance.hpp"
 #include "io_path.hpp"
 
@@ -32,17 +33,26 @@ std::uint64_t mix(std::uint64_t seed, std::uint64_t stream) {
 
 PointResult simulate(const RunConfig& run) {
     const auto wall_start = std::chrono::steady_clock::now();
+    // The emulator's host: its CPUs shared by the guests' vCPU threads and the I/O threads.
+    std::unique_ptr<Timeline> host_timeline;
+    std::unique_ptr<HostCpus> host;
+    if (run.host.card_on_host) {
+        host_timeline = std::make_unique<Timeline>("host_cpus");
+        host = std::make_unique<HostCpus>(*host_timeline, static_cast<unsigned>(run.host.threads), run.cal.host_wake_us,
+                                          run.cal.host_preempt_us, run.cal.host_slice_us, mix(run.seed, 0x4057));
+    }
     std::vector<std::unique_ptr<Instance>> instances;
     for (std::size_t i = 0; i < run.instances.size(); ++i) {
         const InstanceConfig& c = run.instances[i];
         const std::string name = fmt::format("{}_{}", c.group, c.index);
-        instances.push_back(std::make_unique<Instance>(name.c_str(), static_cast<int>(i), c, run, mix(run.seed, i + 1)));
+        instances.push_back(
+            std::make_unique<Instance>(name.c_str(), static_cast<int>(i), c, run, mix(run.seed, i + 1), host.get()));
     }
     std::unique_ptr<IoPath> path;
     if (run.io_model == IoModel::Nitro) {
-        path = std::make_unique<NitroCard>("card", run, mix(run.seed, 0));
+        path = std::make_unique<NitroCard>("card", run, mix(run.seed, 0), host.get());
     } else {
-        path = std::make_unique<XenDom0>("dom0", run, mix(run.seed, 0));
+        path = std::make_unique<XenDom0>("dom0", run, mix(run.seed, 0), host.get());
     }
     std::vector<Instance*> raw;
     for (auto& i : instances) {
@@ -111,7 +121,11 @@ PointResult simulate(const RunConfig& run) {
         r.groups.push_back(g);
     }
     double pool_capacity = 1.0;
-    if (auto* card = dynamic_cast<NitroCard*>(path.get())) {
+    add(path->thread_busy());
+    if (host) {
+        // The I/O threads' share of the emulator's CPUs.
+        pool_capacity = host->cpus() * h.measured_s;
+    } else if (auto* card = dynamic_cast<NitroCard*>(path.get())) {
         add(card->cores().busy());
         pool_capacity = card->cores().processors() * h.measured_s;
     } else if (auto* dom0 = dynamic_cast<XenDom0*>(path.get())) {

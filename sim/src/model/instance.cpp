@@ -6,7 +6,7 @@
 namespace hostsim {
 
 Instance::Instance(const sc_core::sc_module_name& name, int id, const InstanceConfig& cfg, const RunConfig& run,
-                   std::uint64_t seed)
+                   std::uint64_t seed, HostCpus* host)
     : sc_core::sc_module(name),
       socket("socket"),
       id_(id),
@@ -17,12 +17,10 @@ Instance::Instance(const sc_core::sc_module_name& name, int id, const InstanceCo
       rng_(seed),
       warmup_(static_cast<Ps>(run.warmup_s * static_cast<double>(kPsPerS))),
       end_(static_cast<Ps>(run.duration_s * static_cast<double>(kPsPerS))),
-      vcpus_(timeline_, static_cast<unsigned>(cfg.type.vcpus), warmup_),
-      slow_(run.host.card_on_host && run.cal.host_stall_us <= 0 ? 1.0 / run.cal.host_cpu_share : 1.0) {
-    if (run.host.card_on_host && run.cal.host_stall_us > 0 && run.cal.host_cpu_share < 1.0) {
-        const double stall = run.cal.host_stall_us;
-        const double share = run.cal.host_cpu_share;
-        vcpus_.set_preemption(us_to_ps(stall * share / (1.0 - share)), us_to_ps(stall), seed ^ 0x5eedULL);
+      vcpus_(timeline_, static_cast<unsigned>(cfg.type.vcpus), warmup_) {
+    if (host != nullptr) {
+        const int thread = host->add_vcpu([this] { vcpus_.resume(); });
+        vcpus_.set_gate([host, thread] { return host->vcpu_running(thread); });
     }
     socket.register_nb_transport_bw(this, &Instance::nb_transport_bw);
     for (int s = 0; s < cfg_.workload.qd; ++s) {
@@ -89,8 +87,8 @@ void Instance::send(int slot) {
     ++outstanding_;
     if (now >= warmup_) stats_.max_outstanding = std::max(stats_.max_outstanding, outstanding_);
 
-    Ps cost = us_to_ps(cal_.guest_submit_us * slow_);
-    if (model_ == IoModel::Xen) cost += us_to_ps(cal_.grant_setup_us * pages_of(w.bs) * slow_);
+    Ps cost = us_to_ps(cal_.guest_submit_us);
+    if (model_ == IoModel::Xen) cost += us_to_ps(cal_.grant_setup_us * pages_of(w.bs));
     vcpus_.submit(Job{cost, Owner::Guest, {}, [this, &gp] {
                           tlm::tlm_phase phase = tlm::BEGIN_REQ;
                           sc_core::sc_time delay = sc_core::SC_ZERO_TIME;
@@ -108,7 +106,7 @@ void Instance::send(int slot) {
 
 tlm::tlm_sync_enum Instance::nb_transport_bw(tlm::tlm_generic_payload& gp, tlm::tlm_phase& phase, sc_core::sc_time&) {
     if (phase != tlm::BEGIN_RESP) return tlm::TLM_ACCEPTED;
-    Ps cost = us_to_ps(cal_.guest_complete_us * slow_);
+    Ps cost = us_to_ps(cal_.guest_complete_us);
     if (model_ == IoModel::Nitro && !cfg_.workload.poll) cost += us_to_ps(cal_.guest_irq_us);
     vcpus_.submit(Job{cost, Owner::Guest, {}, [this, &gp] { completed(gp); }});
     phase = tlm::END_RESP;

@@ -13,6 +13,7 @@
 #include "../config.hpp"
 #include "../rng.hpp"
 #include "cpu_pool.hpp"
+#include "host_cpus.hpp"
 #include "request.hpp"
 #include "stats.hpp"
 
@@ -22,9 +23,11 @@ class Instance final : public sc_core::sc_module {
 public:
     tlm_utils::simple_initiator_socket<Instance> socket;
 
-    // id: the instance's index on the host; window: [warmup, end) in ps, the measured interval.
+    // id: the instance's index on the host. host: the emulator's shared CPUs (card_on_host), where
+    // the instance's vCPU thread runs only while the scheduler lets it; null on a full host
+    // (vCPUs pinned, one host thread each).
     Instance(const sc_core::sc_module_name& name, int id, const InstanceConfig& cfg, const RunConfig& run,
-             std::uint64_t seed);
+             std::uint64_t seed, HostCpus* host);
 
     CpuPool& vcpus() { return vcpus_; }
     Timeline& timeline() { return timeline_; }
@@ -46,7 +49,6 @@ private:
     Rng rng_;
     Ps warmup_, end_;
     CpuPool vcpus_;
-    double slow_;  // 1 / the CPU share of the emulator's threads (card_on_host), else 1
     std::vector<std::unique_ptr<tlm::tlm_generic_payload>> payloads_;
     Ps next_rate_slot_ = 0;
     std::uint64_t seq_offset_ = 0;

@@ -31,13 +31,15 @@ void NitroCard::run_when_ready(Job job) {
 }
 
 void NitroCard::request(int id, tlm::tlm_generic_payload& gp) {
+    if (host_ != nullptr) {
+        request_on_host(id, gp);
+        return;
+    }
     const IoExtension& io = io_of(gp);
     const Ps admitted = admit(id, io.bytes, io.write);
     const double kib = io.bytes / 1024.0;
-    // On the emulator the card's worker shares the machine's CPUs: its work takes longer by 1/share.
-    const double slow = run_.host.card_on_host && cal_.host_stall_us <= 0 ? 1.0 / cal_.host_cpu_share : 1.0;
-    const Ps submit_cost = us_to_ps((cal_.card_us_per_io * 0.5 + cal_.card_us_per_kib * kib) * slow);
-    const Ps complete_cost = us_to_ps(cal_.card_us_per_io * 0.5 * slow);
+    const Ps submit_cost = us_to_ps(cal_.card_us_per_io * 0.5 + cal_.card_us_per_kib * kib);
+    const Ps complete_cost = us_to_ps(cal_.card_us_per_io * 0.5);
     const Ps transfer = us_to_ps(cal_.pcie_us + io.bytes / (cal_.dma_gbps * 1e3));  // GB/s = 1e3 B/us
     timeline_.at(admitted, [=, this, &gp] {
         run_when_ready(Job{submit_cost, Owner::Card, {}, [=, this, &gp] {
@@ -52,11 +54,36 @@ void NitroCard::request(int id, tlm::tlm_generic_payload& gp) {
     });
 }
 
+// The emulator's card: the command reaches the instance's worker (at once while it runs or polls,
+// else after its wake-up through the host's scheduler: the doorbell's ioeventfd), which fetches
+// and submits it; the backend copies (in the worker, or on io_uring's kernel thread); the worker
+// posts the completions when its pass ends (no work left), and the guest sees them once its vCPU
+// thread runs.
+void NitroCard::request_on_host(int id, tlm::tlm_generic_payload& gp) {
+    const IoExtension& io = io_of(gp);
+    const Ps admitted = admit(id, io.bytes, io.write);
+    const std::uint32_t bytes = io.bytes;
+    const Ps submit_cost = us_to_ps(cal_.card_us_per_io * 0.5) + inline_backend_cost(bytes);
+    const Ps complete_cost = us_to_ps(cal_.card_us_per_io * 0.5);
+    ServiceThread* worker = worker_[static_cast<std::size_t>(id)];
+    timeline_.at(admitted, [=, this, &gp] {
+        worker->post(submit_cost, [=, this, &gp] {
+            emu_backend(id, bytes, [=, this, &gp] {
+                worker->post(complete_cost, [this, id, &gp] { finished_[static_cast<std::size_t>(id)].push_back(&gp); });
+            });
+        });
+    });
+}
+
 void XenDom0::request(int id, tlm::tlm_generic_payload& gp) {
     const auto i = static_cast<std::size_t>(id);
     const std::size_t ring = first_ring_[i] + static_cast<std::size_t>(io_of(gp).slot % ring_count_[i]);
     rings_[ring].pending.push_back(&gp);
-    push_to_ring(ring);
+    if (host_ != nullptr) {
+        push_on_host(ring);
+    } else {
+        push_to_ring(ring);
+    }
 }
 
 // blkfront puts requests on the ring while it has free slots; one notify covers every request
@@ -158,7 +185,8 @@ Ps XenDom0::task_cost(const Task& task, Ps start) {
             locked = true;
         }
     }
-    if (!locked) return before + after;
+    // On the emulator each instance has a dom0 process (and grant table) of its own: no lock to wait for.
+    if (!locked || host_ != nullptr) return before + hold + after;
     const Ps acquire = grant_lock_.acquire(start + before, hold, Timeline::now());
     return (acquire - start) + hold + after;
 }
@@ -180,6 +208,82 @@ void XenDom0::after_task(std::size_t ring, const Task& task) {
                                             push_to_ring(ring);
                                         }});
     });
+}
+
+// The emulator's blkfront and blkback. Requests go onto the ring while it has slots; if the
+// instance's dom0 thread sleeps, the guest's event-channel send is a VM exit handled in the vmm
+// (on the guest's vCPU thread), which signals dom0's eventfd: the thread wakes through the host's
+// scheduler and takes everything on the ring. An awake thread sees new requests before it sleeps
+// (blkback's final check). Responses go onto the ring when its pass ends (blkback handles the
+// backend's completion event in its next loop turn); the guest polls the ring for them, so the
+// notify back does not delay them.
+void XenDom0::push_on_host(std::size_t ring) {
+    Ring& r = rings_[ring];
+    const int id = r.instance;
+    while (r.inflight < cal_.ring_slots && !r.pending.empty()) {
+        tlm::tlm_generic_payload* gp = r.pending.front();
+        r.pending.pop_front();
+        ++r.inflight;
+        if (Timeline::now() >= warmup_) {
+            auto& st = instance(id).stats();
+            st.max_ring_inflight = std::max(st.max_ring_inflight, r.inflight);
+        }
+        r.tasks.push_back(Task{false, gp, false});
+    }
+    if (r.tasks.empty()) return;
+    if (!worker_[static_cast<std::size_t>(id)]->asleep()) {
+        drain_on_host(ring);
+        return;
+    }
+    if (r.notify_in_flight) return;
+    r.notify_in_flight = true;
+    instance(id).vcpus().submit(Job{us_to_ps(cal_.xen_exit_us), Owner::Hypervisor, {}, [this, ring] {
+                                        rings_[ring].notify_in_flight = false;
+                                        drain_on_host(ring, true);
+                                    }});
+}
+
+void XenDom0::drain_on_host(std::size_t ring, bool from_exit) {
+    Ring& r = rings_[ring];
+    ServiceThread* thread = worker_[static_cast<std::size_t>(r.instance)];
+    while (!r.tasks.empty()) {
+        const Task task = r.tasks.front();
+        r.tasks.pop_front();
+        Ps cost = task_cost(task, Timeline::now());
+        if (!task.complete) cost += inline_backend_cost(io_of(*task.gp).bytes);
+        thread->post(cost, [this, ring, task] { after_task_on_host(ring, task); }, from_exit);
+    }
+}
+
+void XenDom0::after_task_on_host(std::size_t ring, const Task& task) {
+    tlm::tlm_generic_payload* gp = task.gp;
+    const int id = rings_[ring].instance;
+    if (!task.complete) {
+        const Ps admitted = admit(id, io_of(*gp).bytes, io_of(*gp).write);
+        timeline_.at(admitted, [this, ring, id, gp] {
+            emu_backend(id, io_of(*gp).bytes, [this, ring, id, gp] {
+                const Task done{true, gp, false};
+                worker_[static_cast<std::size_t>(id)]->post(task_cost(done, Timeline::now()),
+                                                            [this, ring, done] { after_task_on_host(ring, done); });
+            });
+        });
+        return;
+    }
+    finished_[static_cast<std::size_t>(id)].push_back(gp);
+}
+
+// The pass is over: the responses go onto the ring (the guest polls it), freeing their slots for
+// the requests blkfront holds back.
+void XenDom0::respond_on_host(std::size_t instance) {
+    std::vector<tlm::tlm_generic_payload*> done;
+    done.swap(finished_[instance]);
+    for (tlm::tlm_generic_payload* gp : done) {
+        const auto i = static_cast<std::size_t>(io_of(*gp).instance);
+        const std::size_t ring = first_ring_[i] + static_cast<std::size_t>(io_of(*gp).slot % ring_count_[i]);
+        --rings_[ring].inflight;
+        respond(static_cast<int>(i), *gp);
+        push_on_host(ring);
+    }
 }
 
 }  // namespace hostsim

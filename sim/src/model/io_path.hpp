@@ -14,6 +14,7 @@
 
 #include "../config.hpp"
 #include "../rng.hpp"
+#include "host_cpus.hpp"
 #include "instance.hpp"
 #include "limits.hpp"
 
@@ -23,9 +24,11 @@ class IoPath : public sc_core::sc_module {
 public:
     tlm_utils::multi_passthrough_target_socket<IoPath> socket;
 
-    IoPath(const sc_core::sc_module_name& name, const RunConfig& run, std::uint64_t seed)
+    // host: the emulator's shared CPUs (card_on_host): the path's threads, one set per instance
+    // as each emulated guest has its own card or dom0 process, run there; null on a full host.
+    IoPath(const sc_core::sc_module_name& name, const RunConfig& run, std::uint64_t seed, HostCpus* host)
         : sc_core::sc_module(name), socket("socket"), run_(run), cal_(run.cal), timeline_("timeline"), rng_(seed),
-          warmup_(static_cast<Ps>(run.warmup_s * static_cast<double>(kPsPerS))) {
+          warmup_(static_cast<Ps>(run.warmup_s * static_cast<double>(kPsPerS))), host_(host) {
         socket.register_nb_transport_fw(this, &IoPath::nb_transport_fw);
     }
 
@@ -37,6 +40,12 @@ public:
     }
 
     Timeline& timeline() { return timeline_; }
+    // Busy time of the threads on the emulator's CPUs (empty on a full host), by owner.
+    std::array<Ps, kOwners> thread_busy() const {
+        std::array<Ps, kOwners> b{};
+        for (const auto& t : threads_) b[static_cast<std::size_t>(t->owner())] += t->busy();
+        return b;
+    }
 
 protected:
     virtual void request(int id, tlm::tlm_generic_payload& gp) = 0;
@@ -75,6 +84,42 @@ protected:
 
     Instance& instance(int id) { return *instances_[static_cast<std::size_t>(id)]; }
 
+    // On the emulator: a thread for each instance (its card worker or dom0 thread) and, when the
+    // backend serves I/O on a kernel worker thread (calibration backend_thread), one of those.
+    void add_threads(Owner owner, ServiceThread::Polling poll, Ps wake_cost) {
+        for (std::size_t i = 0; i < instances_.size(); ++i) {
+            // Instance i's vCPU thread is the host's vCPU thread i (instances add theirs in order).
+            const int vcpu = static_cast<int>(i);
+            HostCpus* host = host_;
+            threads_.push_back(std::make_unique<ServiceThread>(
+                *host_, timeline_, owner, [host, vcpu] { return host->vcpu_cpu(vcpu); }, poll, wake_cost, warmup_,
+                rng_.next()));
+            ServiceThread* worker = threads_.back().get();
+            worker_.push_back(worker);
+            if (cal_.backend_thread >= 0.5) {
+                threads_.push_back(std::make_unique<ServiceThread>(
+                    *host_, timeline_, owner, [worker] { return worker->cpu(); }, ServiceThread::Polling{}, 0, warmup_,
+                    rng_.next()));
+                backend_.push_back(threads_.back().get());
+            }
+        }
+    }
+    // The backend step of one I/O on the emulator, then `then`. With a kernel worker thread
+    // (backend_thread) it runs there: its hand-off (ram_latency_us) and the copy, and its
+    // completion reaches the worker through the worker's queue (a wake-up if it sleeps). Else
+    // the worker copies itself, within its own item (inline_backend_cost).
+    void emu_backend(int id, std::uint32_t bytes, Timeline::Action then) {
+        if (backend_.empty()) {
+            then();
+            return;
+        }
+        const Ps cost = us_to_ps(cal_.ram_latency_us + cal_.card_us_per_kib * bytes / 1024.0);
+        backend_[static_cast<std::size_t>(id)]->post(cost, std::move(then));
+    }
+    Ps inline_backend_cost(std::uint32_t bytes) const {
+        return backend_.empty() ? us_to_ps(cal_.card_us_per_kib * bytes / 1024.0) : 0;
+    }
+
     const RunConfig& run_;
     const Calibration& cal_;
     Timeline timeline_;
@@ -83,6 +128,14 @@ protected:
     std::vector<Instance*> instances_;
     std::vector<std::unique_ptr<InstanceLimits>> limits_;
     std::vector<Ps> throttled_until_;
+    HostCpus* host_;
+    std::vector<std::unique_ptr<ServiceThread>> threads_;
+    std::vector<ServiceThread*> worker_;   // per instance (emulator)
+    std::vector<ServiceThread*> backend_;  // per instance, when backend_thread (emulator)
+    // Emulator: per instance, the I/Os its thread finished in the current pass; their completions
+    // reach the guest when the pass ends (the card posts CQEs, blkback handles the backend's
+    // completion event, after a pass over the queue).
+    std::vector<std::vector<tlm::tlm_generic_payload*>> finished_;
 
 private:
     tlm::tlm_sync_enum nb_transport_fw(int id, tlm::tlm_generic_payload& gp, tlm::tlm_phase& phase, sc_core::sc_time&) {
@@ -98,18 +151,30 @@ private:
 // and the rare doorbell exit.
 class NitroCard final : public IoPath {
 public:
-    NitroCard(const sc_core::sc_module_name& name, const RunConfig& run, std::uint64_t seed)
-        : IoPath(name, run, seed), cores_(timeline_, static_cast<unsigned>(run.host.card_cores), warmup_) {
-        if (run.host.card_on_host && run.cal.host_stall_us > 0 && run.cal.host_cpu_share < 1.0) {
-            const double stall = run.cal.host_stall_us;
-            const double share = run.cal.host_cpu_share;
-            cores_.set_preemption(us_to_ps(stall * share / (1.0 - share)), us_to_ps(stall), seed ^ 0xca7dULL);
+    NitroCard(const sc_core::sc_module_name& name, const RunConfig& run, std::uint64_t seed, HostCpus* host)
+        : IoPath(name, run, seed, host), cores_(timeline_, static_cast<unsigned>(run.host.card_cores), warmup_) {}
+    void attach(std::vector<Instance*> instances) override {
+        IoPath::attach(std::move(instances));
+        if (host_ == nullptr) return;
+        add_threads(Owner::Card,
+                    ServiceThread::Polling{us_to_ps(cal_.card_poll_us), cal_.card_lost_cpu_per_s,
+                                           us_to_ps(cal_.card_poll_backoff_us)},
+                    0);
+        finished_.resize(instances_.size());
+        for (std::size_t i = 0; i < instances_.size(); ++i) {
+            worker_[i]->set_on_drain([this, i] {
+                std::vector<tlm::tlm_generic_payload*> done;
+                done.swap(finished_[i]);
+                for (tlm::tlm_generic_payload* gp : done) respond(static_cast<int>(i), *gp);
+            });
         }
     }
     CpuPool& cores() { return cores_; }
 
 private:
     void request(int id, tlm::tlm_generic_payload& gp) override;
+    // The emulator's card: the instance's own worker thread on the host's CPUs.
+    void request_on_host(int id, tlm::tlm_generic_payload& gp);
     // When the card's worker can start on an event (a new command, a backend completion) at t:
     // at once while it runs or polls; else after a wake-up, shared by the events that come while
     // it is under way.
@@ -148,14 +213,8 @@ private:
 // lock with a TLB-shootdown IPI to each dom0 vCPU that ran the backend recently.
 class XenDom0 final : public IoPath {
 public:
-    XenDom0(const sc_core::sc_module_name& name, const RunConfig& run, std::uint64_t seed)
-        : IoPath(name, run, seed), vcpus_(timeline_, static_cast<unsigned>(run.host.dom0_vcpus), warmup_) {
-        if (run.host.card_on_host && run.cal.host_stall_us > 0 && run.cal.host_cpu_share < 1.0) {
-            const double stall = run.cal.host_stall_us;
-            const double share = run.cal.host_cpu_share;
-            vcpus_.set_preemption(us_to_ps(stall * share / (1.0 - share)), us_to_ps(stall), seed ^ 0xd0d0ULL);
-        }
-    }
+    XenDom0(const sc_core::sc_module_name& name, const RunConfig& run, std::uint64_t seed, HostCpus* host)
+        : IoPath(name, run, seed, host), vcpus_(timeline_, static_cast<unsigned>(run.host.dom0_vcpus), warmup_) {}
     // blkfront with multi-queue (Linux >= 4.3) opens one ring per vCPU, up to the calibration's
     // xen_max_rings; each ring has its own blkback thread.
     void attach(std::vector<Instance*> instances) override {
@@ -170,6 +229,10 @@ public:
                 rings_.push_back(std::move(r));
             }
         }
+        if (host_ == nullptr) return;
+        add_threads(Owner::Dom0, ServiceThread::Polling{}, us_to_ps(cal_.dom0_wake_us));
+        finished_.resize(instances_.size());
+        for (std::size_t i = 0; i < instances_.size(); ++i) worker_[i]->set_on_drain([this, i] { respond_on_host(i); });
     }
     CpuPool& vcpus() { return vcpus_; }
 
@@ -194,6 +257,12 @@ private:
     void run_thread(std::size_t ring);
     Ps task_cost(const Task& task, Ps start);
     void after_task(std::size_t ring, const Task& task);
+    // The emulator's dom0: the instance's own dom0 process, one thread serving its ring.
+    void push_on_host(std::size_t ring);
+    // from_exit: the guest's event-channel send, a vCPU thread back from its exit, wakes dom0.
+    void drain_on_host(std::size_t ring, bool from_exit = false);
+    void after_task_on_host(std::size_t ring, const Task& task);
+    void respond_on_host(std::size_t instance);
 
     CpuPool vcpus_;
     std::vector<Ring> rings_;               // all instances' rings
