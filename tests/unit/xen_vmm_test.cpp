@@ -3,6 +3,8 @@
 // instruction patcher, the Xen CPUID leaves, the memory map and the platform ports.
 #include <doctest/doctest.h>
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -110,15 +112,24 @@ TEST_CASE("event channels: masked ports stay pending until unmask delivers them"
     REQUIRE(port >= 1);
     auto high = ev.bind_ipi(0);
     REQUIRE(high >= 1);
+    CHECK(ev.pending_report().empty());
     set_u64(m, mask_word(port), 1ull << (port % 64));
     ev.raise(port);
     CHECK(ev.pending(port));
     CHECK(msi.sent.empty());
     CHECK(u64(m, kShared + kVcpuPendingSel) == 0);
+    // The end-of-run report names the port the guest has not taken, and nothing else.
+    auto report = ev.pending_report();
+    REQUIRE(report.size() == 1);
+    CHECK(report[0] == fmt::format("port {} (virq, vCPU 0) pending, masked", port));
     CHECK(ev.unmask(port) == 0);
     CHECK_FALSE(ev.masked(port));
     CHECK(u64(m, kShared + kVcpuPendingSel) == 1ull << (port / 64));
     CHECK(msi.sent.size() == 1);
+    report = ev.pending_report();
+    REQUIRE(report.size() == 2);
+    CHECK(report[0] == fmt::format("port {} (virq, vCPU 0) pending, unmasked", port));
+    CHECK(report[1].starts_with("vCPU 0: upcall_pending 1, pending_sel"));
     // Unmasking a port that was not masked delivers nothing new.
     CHECK(ev.unmask(port) == 0);
     CHECK(msi.sent.size() == 1);

@@ -1,5 +1,6 @@
 #include "xen/event_channels.hpp"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -296,6 +297,41 @@ bool EventChannels::wait_any_pending(std::span<const std::uint32_t> ports, std::
         return false;
     };
     return poll_cv_.wait_for(l, timeout, any);
+}
+
+std::vector<std::string> EventChannels::pending_report() const {
+    std::lock_guard l(mu_);
+    std::vector<std::string> out;
+    auto kind_name = [](Kind k) {
+        switch (k) {
+            case Kind::Free: return "closed";
+            case Kind::Unbound: return "unbound";
+            case Kind::Dom0: return "dom0";
+            case Kind::Virq: return "virq";
+            case Kind::Ipi: return "ipi";
+        }
+        return "?";
+    };
+    for (std::uint32_t port = 1; port < kMaxPorts; ++port) {
+        if (!bit_locked(kSharedPending, port)) continue;
+        const auto& p = ports_[port];
+        out.push_back(fmt::format("port {} ({}, vCPU {}) pending, {}", port, kind_name(p.kind), p.vcpu,
+                                  bit_locked(kSharedMask, port) ? "masked" : "unmasked"));
+    }
+    for (std::uint32_t v = 0; v < vcpu_.size(); ++v) {
+        auto info = vcpu_info_locked(v);
+        if (!info) continue;
+        auto sel = mem_.slice(*info + kVcpuPendingSel, 8);
+        auto up = mem_.slice(*info + kVcpuUpcallPending, 1);
+        if (!sel || !up) continue;
+        // GUEST-SHARED: read once each, for the log only.
+        const auto sel_v = std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(sel->data())).load();
+        const auto up_v = std::atomic_ref<std::uint8_t>(*reinterpret_cast<std::uint8_t*>(up->data())).load();
+        if (sel_v != 0 || up_v != 0)
+            out.push_back(fmt::format("vCPU {}: upcall_pending {}, pending_sel {:#x}, vector {:#x}", v, up_v, sel_v,
+                                      vcpu_[v].vector));
+    }
+    return out;
 }
 
 EventStats EventChannels::stats() const {

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "common/guest_memory.hpp"
@@ -95,6 +96,10 @@ public:
     [[nodiscard]] bool masked(std::uint32_t port) const;
 
     [[nodiscard]] EventStats stats() const;
+    // Lines describing what the guest has not taken yet: each pending port (its kind, vCPU and
+    // mask) and each vCPU whose upcall flag or selector is set. Empty when nothing waits. For
+    // the log when a guest ends or stops answering.
+    [[nodiscard]] std::vector<std::string> pending_report() const;
     [[nodiscard]] std::uint32_t vcpus() const { return static_cast<std::uint32_t>(vcpu_.size()); }
 
 private:

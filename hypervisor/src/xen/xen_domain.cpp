@@ -162,6 +162,8 @@ void XenDomain::log_summary() const {
                  "dom0 kicks {}, dom0 notifications {}",
                  s.raises, s.upcalls, s.rekicks, s.lost, dom0_ ? dom0_->kicks() : 0,
                  dom0_ ? dom0_->notifies() : 0);
+    // What the guest left untaken: after a hang this names the event it never saw.
+    for (const auto& line : events_.pending_report()) spdlog::info("xen: at the end: {}", line);
 }
 
 bool XenDomain::port_write(KvmVcpu& vcpu, std::uint16_t port) {
