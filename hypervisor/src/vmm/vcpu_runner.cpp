@@ -134,6 +134,11 @@ void VcpuRunner::report_crash(const std::string& what) {
             "\n  rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x}",
             regs->rip, regs->rsp, regs->rflags, sregs->cs.selector, sregs->cs.selector & 3, sregs->cr0,
             sregs->cr3, sregs->cr4, sregs->efer, regs->rax, regs->rbx, regs->rcx, regs->rdx, regs->rsi, regs->rdi);
+        // On AMD, KVM answers a shutdown by re-initialising the vCPU (its VMCB is undefined
+        // afterwards), so what reads back is the reset state, not where the guest failed.
+        if (regs->rip == 0xfff0 && sregs->cs.selector == 0xf000 && (sregs->cr0 & 1) == 0)
+            msg += "\n  (these are the vCPU's reset values: KVM re-initialised it after the fault, as it does on "
+                   "AMD; the state at the fault is lost)";
         std::uint64_t lin = sregs->cs.base + regs->rip;
         auto gpa = (sregs->cr0 & 0x80000000u) ? vcpu_.translate(lin) : common::Result<std::uint64_t>(lin);
         if (gpa) {
