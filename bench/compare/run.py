@@ -18,7 +18,7 @@ doorbell wake-ups.
 The training part of the grid gives the calibration (bench/compare/calibration.json), read off
 the measurements:
   card_us_per_io, card_us_per_kib   the card's CPU per I/O and per KiB (4 KiB QD32 and 64 KiB QD8,
-                     one guest: the worker is busy there);
+                     one guest);
   backend_thread, ram_latency_us    whether io_uring's kernel workers serve the backend (then
                      they are threads of their own on the host's CPUs) and their CPU per I/O;
   exits_per_io, exit_us   vmm exits per I/O and the vmm's time per exit (nitro);
@@ -27,12 +27,16 @@ the measurements:
                      event-channel sends); dom0_wake_us what a sleep and a wake-up cost blkback's
                      thread (dom0's CPU per I/O at QD1 beyond that at QD32);
   host_slice_us      the kernel's tick (CONFIG_HZ);
-and, by simulation, the scheduler of the 2 CPUs (sim/src/model/host_cpus.hpp) and the card's polling:
-  host_wake_us, host_preempt_us, card_lost_cpu_per_s   a woken thread's latency to an idle CPU, its
-                     delay before it preempts a busy-polling vCPU thread, and how often the polling
-                     card worker loses its CPU to the rest of the machine (it then stops polling for
-                     100 ms, its back-off): the values whose hostsim run of all the training points
-                     is closest to them (log errors of IOPS and p50).
+and, by simulating the training points with hostsim (the 2 CPUs' scheduler is
+sim/src/model/host_cpus.hpp), the values whose runs come closest to them (least squares of the
+log errors of IOPS and p50):
+  host_wake_us, host_preempt_us   a woken thread's latency to an idle CPU, and its delay before it
+                     preempts a busy-polling vCPU thread;
+  card_lost_cpu_per_s   how often the polling card worker loses its CPU to the rest of the
+                     machine (it then stops polling for its 100 ms back-off);
+  guest_submit_us, guest_complete_us, grant_setup_us   the guest driver's cost per I/O (3:2) and
+                     blkfront's extra, starting from what QD32 suggests when the card or dom0 was
+                     busy only part of the time there.
 The held-out part (bench/compare/heldout.json) lists the other points with what was measured;
 `build/bin/hostsim --validate bench/compare/heldout.json` compares the model against them. The
 held-out points never enter the fit.
