@@ -22,9 +22,9 @@ dd if=/dev/xvda of=/tmp/r bs=65536 skip=16 count=16 iflag=direct 2>/dev/null || 
 cmp /tmp/w /tmp/r && echo roundtrip=ok || exit 5;
 exit 0'
 guest=$(echo "$guest" | tr '\n' ' ')
-# One vCPU: with two, Linux's Xen SMP start-up (event-channel IPIs) fails in about one boot of
-# four here (an AP triple-faults at the reset vector, or a vCPU stops taking its upcalls); see
-# the README's known problems. The outer timeout keeps a stuck vmm from eating the lane's budget.
+# One vCPU: with two, about one boot in twelve fails when the machine is loaded (a triple fault
+# in vCPU 0, or a hang after xen-blkfront connects); see the README's known problems. The outer
+# timeout keeps a stuck vmm from eating the lane's budget.
 timeout -k 10 200 /bin/nitrovm run --guest linux --kernel "$images/vmlinux" --initrd "$images/initramfs.cpio.gz" \
     --memory 512M --vcpus 1 --timeout 150 --io-model xen --xen-patch-hypercalls \
     --volume "$vol,size=64M" -- sh -c "$guest" >out.txt 2>err.txt
