@@ -2,10 +2,21 @@
 import csv
 import os
 import platform
+import re
 import statistics
 import subprocess
 import time
 
+# The lines the emulator prints that the benchmarks read: the probe's result line (rw, bs, qd,
+# iops, mbps, p50_us, p99_us), its per-device I/O count, and the exit log lines of the card or
+# dom0, the vmm and the VM.
+RESULT_RE = re.compile(r"result: workload=(?:nvme|xen)-bench rw=(\S+) bs=(\d+) qd=(\d+) iops=(\d+) "
+                       r"mbps=([\d.]+) p50_us=(\d+) p99_us=(\d+)")
+BENCH_OK_RE = re.compile(r"(?:nvme|xen)-bench: (?:ctrl|disk) \d+ ok ios=(\d+)")
+BACKEND_CPU_RE = re.compile(r"(?:card|dom0) cpu time: ([\d.]+) ms user, ([\d.]+) ms system")
+VMM_CPU_RE = re.compile(r"vmm cpu time: [\d.]+ ms in all; vCPU threads [\d.]+ ms .*?, of which ([\d.]+) ms "
+                        r"handling exits in the vmm; other threads ([\d.]+) ms")
+EXITS_RE = re.compile(r"VM ended after (\d+) ms \(.*\), (\d+) vCPU exits, exit status (-?\d+)")
 
 def machine_description():
     """A one-paragraph description of the machine a benchmark ran on."""

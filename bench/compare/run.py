@@ -62,14 +62,8 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import common  # noqa: E402
 
-RESULT_RE = re.compile(r"result: workload=(nvme|xen)-bench rw=(\S+) bs=(\d+) qd=(\d+) iops=(\d+) mbps=([\d.]+) "
-                       r"p50_us=(\d+) p99_us=(\d+)")
-OK_RE = re.compile(r"(?:nvme|xen)-bench: (?:ctrl|disk) \d+ ok ios=(\d+)")
-BACKEND_CPU_RE = re.compile(r"(?:card|dom0) cpu time: ([\d.]+) ms user, ([\d.]+) ms system")
-VMM_CPU_RE = re.compile(r"vmm cpu time: [\d.]+ ms in all; vCPU threads [\d.]+ ms .*?, of which ([\d.]+) ms "
-                        r"handling exits in the vmm; other threads ([\d.]+) ms")
+from common import BACKEND_CPU_RE, BENCH_OK_RE, EXITS_RE, RESULT_RE, VMM_CPU_RE  # noqa: E402
 WAKEUPS_RE = re.compile(r"(\d+) doorbell wake-ups")
-EXITS_RE = re.compile(r"VM ended after (\d+) ms \(.*\), (\d+) vCPU exits, exit status (-?\d+)")
 
 # (io_model, instances, rw, bs, qd, role). Training points fix the costs; held-out ones test them.
 # The n=2 training points show how the host's scheduler shares the 2 CPUs when the guests' vCPU
@@ -169,8 +163,8 @@ def run_point(args, model, n, rw, bs, qd):
         if p.returncode != 0 or len(results) != 1 + args.segments:
             last = (stderr.strip().splitlines() or stdout.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"{model} n={n} qd={qd} bs={bs}: exit {p.returncode}: {last}")
-        segs = [{"iops": int(m[4]), "p50_us": int(m[6]), "p99_us": int(m[7])} for m in results[1:]]
-        ios = sum(int(x) for x in OK_RE.findall(stdout)) or None
+        segs = [{"iops": int(m[3]), "p50_us": int(m[5]), "p99_us": int(m[6])} for m in results[1:]]
+        ios = sum(int(x) for x in BENCH_OK_RE.findall(stdout)) or None
         b = BACKEND_CPU_RE.search(stderr)
         sampled_total = sum(ms for _, ms in threads[k].values())
         iou_ms = sum(ms for is_iou, ms in threads[k].values() if is_iou)

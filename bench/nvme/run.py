@@ -40,19 +40,12 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import common  # noqa: E402
+from common import BACKEND_CPU_RE, BENCH_OK_RE, EXITS_RE, RESULT_RE, VMM_CPU_RE  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 IMAGE = "/dev/shm/nh-bench.img"
 RW_CHOICES = ("randread", "randwrite", "read", "write")
 SYSTEMS = ("nitrovm", "xen", "qemu", "fio", "fio-mmap")
-
-RESULT_RE = re.compile(r"result: workload=(?:nvme|xen)-bench rw=(\S+) bs=(\d+) qd=(\d+) iops=(\d+) "
-                       r"mbps=([\d.]+) p50_us=(\d+) p99_us=(\d+)")
-BENCH_OK_RE = re.compile(r"(?:nvme|xen)-bench: (?:ctrl|disk) \d+ ok ios=(\d+)")
-BACKEND_CPU_RE = re.compile(r"(?:card|dom0) cpu time: ([\d.]+) ms user, ([\d.]+) ms system")
-VMM_CPU_RE = re.compile(r"vmm cpu time: [\d.]+ ms in all; vCPU threads [\d.]+ ms .*?, of which ([\d.]+) ms "
-                        r"handling exits in the vmm; other threads ([\d.]+) ms")
-EXITS_RE = re.compile(r"VM ended after (\d+) ms \(.*\), (\d+) vCPU exits, exit status (-?\d+)")
 
 
 def parse_size(text):
@@ -431,9 +424,13 @@ def main():
         b = summary.get((ref, rw, qd), {}).get("iops")
         return a / b if a and b else None
 
+    def best_host(rw, qd):
+        """(IOPS, system) of the better fio engine; IOPS 0 when neither ran."""
+        return max((summary.get((f, rw, qd), {}).get("iops") or 0, f) for f in ("fio", "fio-mmap"))
+
     def ratio_host(name, rw, qd):
         a = summary.get((name, rw, qd), {}).get("iops")
-        best = max((summary.get((f, rw, qd), {}).get("iops") or 0 for f in ("fio", "fio-mmap")), default=0)
+        best, _ = best_host(rw, qd)
         return a / best if a and best else None
 
     # Reasons for n/a (or partly failed) rows go below the table as numbered notes.
@@ -505,9 +502,7 @@ def main():
         ours = summary[("nitrovm", rw, goal_qd)]
         why = f"n/a ({ours['error']})" if ours["iops"] is None else None
         q = summary.get(("qemu", rw, goal_qd), {}).get("iops")
-        # The host's limit: the better of fio's two engines.
-        hosts = [(summary.get((n, rw, goal_qd), {}).get("iops") or 0, n) for n in ("fio", "fio-mmap")]
-        f, f_name = max(hosts)
+        f, f_name = best_host(rw, goal_qd)  # the host's limit: the better of fio's two engines
         rq, rf = ratio("nitrovm", rw, goal_qd, "qemu"), ratio_host("nitrovm", rw, goal_qd)
 
         def verdict(v, ok):

@@ -130,11 +130,10 @@ common::Result<std::unique_ptr<FileBackend>> FileBackend::open(const std::string
     if (options.map_memory_files) {
         if (auto s = b->setup_mapping(); !s) return fail(std::move(s.error()));
     }
-    if (b->mapped()) {
-        // Reads and writes never reach a descriptor; O_DIRECT would change nothing.
-    } else if (options.try_direct) {
+    // A mapped file's reads and writes never reach a descriptor: O_DIRECT would change nothing.
+    if (!b->mapped() && options.try_direct) {
         if (auto s = b->setup_direct(); !s) return fail(std::move(s.error()));
-    } else {
+    } else if (!b->mapped()) {
         spdlog::debug("volume {}: buffered I/O (O_DIRECT disabled by options)", path);
     }
     if (auto s = b->setup_ring(); !s)

@@ -14,14 +14,14 @@ using common::fail;
 
 namespace {
 
-// KVM_TRANSLATE on the calling vCPU, remembering the last page for structs that span a call.
-class VcpuVirtual final : public GuestVirtual {
+// Translates through translate_page() once per page, remembering the last page for structs
+// that span a call.
+class PageCachedVirtual : public GuestVirtual {
 public:
-    explicit VcpuVirtual(const KvmVcpu& v) : vcpu_(v) {}
-    std::optional<std::uint64_t> translate(std::uint64_t gva) override {
-        std::uint64_t page = gva & ~0xfffull;
+    std::optional<std::uint64_t> translate(std::uint64_t gva) final {
+        const std::uint64_t page = gva & ~0xfffull;
         if (!have_ || page != page_) {
-            auto gpa = vcpu_.translate(page);
+            auto gpa = translate_page(page);
             if (!gpa) return std::nullopt;
             page_ = page;
             gpa_page_ = *gpa & ~0xfffull;
@@ -30,41 +30,44 @@ public:
         return gpa_page_ | (gva & 0xfff);
     }
 
+protected:
+    virtual std::optional<std::uint64_t> translate_page(std::uint64_t page) = 0;
+
 private:
-    const KvmVcpu& vcpu_;
     bool have_ = false;
     std::uint64_t page_ = 0, gpa_page_ = 0;
 };
 
+// KVM_TRANSLATE on the calling vCPU.
+class VcpuVirtual final : public PageCachedVirtual {
+public:
+    explicit VcpuVirtual(const KvmVcpu& v) : vcpu_(v) {}
+
+private:
+    std::optional<std::uint64_t> translate_page(std::uint64_t page) override {
+        auto gpa = vcpu_.translate(page);
+        return gpa ? std::optional<std::uint64_t>(*gpa) : std::nullopt;
+    }
+    const KvmVcpu& vcpu_;
+};
+
 // The vmm's own page walk over the registers KVM synced into kvm_run (no ioctl), falling back
 // to KVM_TRANSLATE for paging modes the walker does not do.
-class SyncedVirtual final : public GuestVirtual {
+class SyncedVirtual final : public PageCachedVirtual {
 public:
     SyncedVirtual(const KvmVcpu& v, const common::GuestMemory& mem, const PagingState& st)
         : vcpu_(v), mem_(mem), st_(st) {}
-    std::optional<std::uint64_t> translate(std::uint64_t gva) override {
-        std::uint64_t page = gva & ~0xfffull;
-        if (!have_ || page != page_) {
-            auto w = walk_page_tables(mem_, st_, page);
-            std::optional<std::uint64_t> gpa = w.gpa;
-            if (!w.handled) {
-                auto t = vcpu_.translate(page);
-                gpa = t ? std::optional<std::uint64_t>(*t) : std::nullopt;
-            }
-            if (!gpa) return std::nullopt;
-            page_ = page;
-            gpa_page_ = *gpa & ~0xfffull;
-            have_ = true;
-        }
-        return gpa_page_ | (gva & 0xfff);
-    }
 
 private:
+    std::optional<std::uint64_t> translate_page(std::uint64_t page) override {
+        auto w = walk_page_tables(mem_, st_, page);
+        if (w.handled) return w.gpa;
+        auto gpa = vcpu_.translate(page);
+        return gpa ? std::optional<std::uint64_t>(*gpa) : std::nullopt;
+    }
     const KvmVcpu& vcpu_;
     const common::GuestMemory& mem_;
     PagingState st_;
-    bool have_ = false;
-    std::uint64_t page_ = 0, gpa_page_ = 0;
 };
 
 }  // namespace

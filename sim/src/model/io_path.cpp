@@ -86,19 +86,25 @@ void XenDom0::request(int id, tlm::tlm_generic_payload& gp) {
     }
 }
 
+// The next waiting request, now holding a ring slot; null when the ring is full or nothing waits.
+tlm::tlm_generic_payload* XenDom0::take_slot(Ring& r) {
+    if (r.inflight >= cal_.ring_slots || r.pending.empty()) return nullptr;
+    tlm::tlm_generic_payload* gp = r.pending.front();
+    r.pending.pop_front();
+    ++r.inflight;
+    if (Timeline::now() >= warmup_) {
+        auto& st = instance(r.instance).stats();
+        st.max_ring_inflight = std::max(st.max_ring_inflight, r.inflight);
+    }
+    return gp;
+}
+
 // blkfront puts requests on the ring while it has free slots; one notify covers every request
 // pushed while blkback sleeps (the ring's req_event protocol).
 void XenDom0::push_to_ring(std::size_t ring) {
     Ring& r = rings_[ring];
     const int id = r.instance;
-    while (r.inflight < cal_.ring_slots && !r.pending.empty()) {
-        tlm::tlm_generic_payload* gp = r.pending.front();
-        r.pending.pop_front();
-        ++r.inflight;
-        if (Timeline::now() >= warmup_) {
-            auto& st = instance(id).stats();
-            st.max_ring_inflight = std::max(st.max_ring_inflight, r.inflight);
-        }
+    while (tlm::tlm_generic_payload* gp = take_slot(r)) {
         const bool asleep = !r.running && r.tasks.empty();
         if (!asleep || r.notify_in_flight) {
             r.tasks.push_back(Task{false, gp, false});
@@ -220,14 +226,7 @@ void XenDom0::after_task(std::size_t ring, const Task& task) {
 void XenDom0::push_on_host(std::size_t ring) {
     Ring& r = rings_[ring];
     const int id = r.instance;
-    while (r.inflight < cal_.ring_slots && !r.pending.empty()) {
-        tlm::tlm_generic_payload* gp = r.pending.front();
-        r.pending.pop_front();
-        ++r.inflight;
-        if (Timeline::now() >= warmup_) {
-            auto& st = instance(id).stats();
-            st.max_ring_inflight = std::max(st.max_ring_inflight, r.inflight);
-        }
+    while (tlm::tlm_generic_payload* gp = take_slot(r)) {
         r.tasks.push_back(Task{false, gp, false});
     }
     if (r.tasks.empty()) return;

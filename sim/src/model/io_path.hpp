@@ -252,6 +252,7 @@ private:
     };
 
     void request(int id, tlm::tlm_generic_payload& gp) override;
+    tlm::tlm_generic_payload* take_slot(Ring& r);
     void push_to_ring(std::size_t ring);
     void enqueue(std::size_t ring, Task task);
     void run_thread(std::size_t ring);
