@@ -4,7 +4,8 @@ calibration file hostsim reads, plus held-out points the model must predict.
 
 For every point of a grid (I/O model, queue depth, block size, instances run side by side) it
 boots N probe guests under nitrovm at once, each with its own RAM-backed volume (and, as nitrovm
-starts one per guest, its own card or dom0 process), running nvme-bench (nitro) or xen-bench
+starts one per guest, its own card or dom0 process) and, when N > 1, pinned with its card or dom0
+to its own share of the CPUs (taskset; hostsim's host.pin_instances), running nvme-bench (nitro) or xen-bench
 (xen: blkback in dom0, event channels through the vmm). Each boot measures 1 + --segments
 back-to-back segments of --seconds at one queue depth; the first is the warm-up and is dropped
 (the card's polling, the first doorbells). A point is booted --runs times: per boot the mean over
@@ -32,6 +33,9 @@ sim/src/model/host_cpus.hpp), the values whose runs come closest to them (least 
 log errors of IOPS and p50):
   host_wake_us, host_preempt_us   a woken thread's latency to an idle CPU, and its delay before it
                      preempts a busy-polling vCPU thread;
+  host_switch_us     how long a vCPU thread given its CPU back takes to run its guest again;
+  host_wake_shape    how tightly these gather round their means (Erlang shape: 1 exponential,
+                     16 nearly constant);
   card_lost_cpu_per_s   how often the polling card worker loses its CPU to the rest of the
                      machine (it then stops polling for its 100 ms back-off);
   guest_submit_us, guest_complete_us, grant_setup_us   the guest driver's cost per I/O (3:2) and
@@ -121,6 +125,14 @@ def thread_cpu_ms(pid):
     return out
 
 
+def instance_cpus(i, n, cpus):
+    """The CPUs instance i of n runs on: an even share when there are enough (hostsim's
+    HostCpus::instance_cpus divides them the same way), else one, in turn."""
+    if n <= len(cpus):
+        return cpus[i * len(cpus) // n:(i + 1) * len(cpus) // n]
+    return [cpus[i % len(cpus)]]
+
+
 def children_of(pid):
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -134,12 +146,18 @@ def run_point(args, model, n, rw, bs, qd):
     args.seconds at queue depth qd (the first is the warm-up: the card's polling and the first
     doorbells settle, and it is dropped). Returns a list of per-guest dicts (or raises RuntimeError)."""
     workload = "nvme-bench" if model == "nitro" else "xen-bench"
+    cpus = sorted(os.sched_getaffinity(0))
     qds = ",".join([str(qd)] * (1 + args.segments))
     procs = []
     for i in range(n):
         img = f"/dev/shm/nh-compare-{i}.img"
         vmm = args.nitrovm if model == "nitro" else args.xen_nitrovm
-        argv = (["nice", "-n", str(args.nice)] if args.nice else []) + [vmm, "run", "--guest", "probe", "--vcpus", "1", "--memory", "256M",
+        # Each guest with its card or dom0 is pinned to its own share of the CPUs (one each for two
+        # guests on two CPUs), as the scenario's host.pin_instances has it: left to the scheduler,
+        # two guests' threads settle in one of two placements, a boot apart, whose IOPS differ 2x.
+        mine = instance_cpus(i, n, cpus)
+        argv = (["taskset", "-c", ",".join(map(str, mine))] if len(mine) < len(cpus) else [])
+        argv += (["nice", "-n", str(args.nice)] if args.nice else []) + [vmm, "run", "--guest", "probe", "--vcpus", "1", "--memory", "256M",
                 "--timeout", str(int(30 + 4 * args.seconds * (1 + args.segments)))]
         if model == "xen":
             argv += ["--io-model", "xen"]
@@ -306,13 +324,16 @@ def fit_scheduler(args, params, points, notes):
         return
     import tempfile
     workdir = tempfile.mkdtemp(prefix="nh-compare-fit-")
-    keys = ("host_wake_us", "host_preempt_us", "card_lost_cpu_per_s", "guest_us", "grant_setup_us")
+    keys = ("host_wake_us", "host_preempt_us", "card_lost_cpu_per_s", "guest_us", "grant_setup_us", "host_wake_shape",
+            "host_switch_us")
     memo = {}
 
     def trial_params(x):
         trial = dict(params, **dict(zip(keys[:3], x[:3])))
         trial["guest_submit_us"], trial["guest_complete_us"] = 0.6 * x[3], 0.4 * x[3]
         trial["grant_setup_us"] = x[4]
+        trial["host_wake_shape"] = x[5]
+        trial["host_switch_us"] = x[6]
         return trial
 
     def cost(x):
@@ -334,11 +355,14 @@ def fit_scheduler(args, params, points, notes):
     guest0 = params["guest_submit_us"] + params["guest_complete_us"]
     grant0 = params.get("grant_setup_us", 0.2)
     scales = [2 ** (k / 2) for k in range(-4, 5)]
-    x = [8.0, 32.0, 10.0, guest0, grant0]
+    shapes = [1, 2, 4, 8, 16]                                # Erlang shape of both latencies
+    x = [8.0, 32.0, 10.0, guest0, grant0, 1, 0.0]
     for _ in range(2):
         x[0], x[1] = min(((w, p) for w in coarse for p in coarse), key=lambda wp: cost([wp[0], wp[1]] + x[2:])) \
             if not memo else min(((x[0] * a, x[1] * b) for a in scales[2:7] for b in scales[2:7]),
                                  key=lambda wp: cost([wp[0], wp[1]] + x[2:]))
+        x[5] = best_of(5, shapes, x)
+        x[6] = best_of(6, [0.0] + coarse[:8] if len(memo) < 120 else [0.0] + [max(x[6], 1.0) * a for a in scales], x)
         x[2] = best_of(2, rates + [x[2] * a for a in scales[3:6]], x)
         x[3] = best_of(3, [guest0 * a for a in scales], x)
         x[4] = best_of(4, [0.0] + [max(grant0, 0.1) * a for a in scales], x)
@@ -346,7 +370,8 @@ def fit_scheduler(args, params, points, notes):
     params.pop("guest_us", None)
     rms = math.sqrt(cost(x) / (2 * len(train)))
     notes.append(f"fitted by simulating the {len(train)} training points ({len(memo)} runs): wake-up on an idle "
-                 f"CPU {x[0]:.1f} us, preemption of a busy-polling vCPU thread {x[1]:.1f} us (means), polling card "
+                 f"CPU {x[0]:.1f} us, preemption of a busy-polling vCPU thread {x[1]:.1f} us (means; Erlang "
+                 f"shape {x[5]}), a vCPU thread's way back into its guest {x[6]:.1f} us, polling card "
                  f"worker loses its CPU {x[2]:.1f} times a second, guest driver {x[3]:.2f} us per I/O, blkfront "
                  f"{x[4]:.2f} us more; rms log error of IOPS and p50 {rms:.2f}")
 
@@ -465,7 +490,8 @@ def main():
         points, skipped = measure(args)
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         source = (f"bench/compare on {stamp} ({args.runs} boots x {args.segments} x {args.seconds} s per point, "
-                  f"{time.monotonic() - started:.0f} s): {common.machine_description()}")
+                  f"several guests pinned to their share of the CPUs, {time.monotonic() - started:.0f} s): "
+                  f"{common.machine_description()}")
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "measurements.json"), "w") as f:
             json.dump({"source": source, "points": points, "skipped": skipped}, f, indent=1)

@@ -31,6 +31,8 @@ struct Calibration {
     // The emulator's host (card_on_host, HostCpus): its scheduler and the threads it runs.
     double host_wake_us = 5.0;        // mean latency of a woken thread to run on an idle CPU
     double host_preempt_us = 50.0;    // mean delay before a woken thread preempts a busy-polling vCPU thread
+    double host_switch_us = 0.0;      // mean time a vCPU thread given its CPU back takes to be in its guest again
+    double host_wake_shape = 1.0;     // Erlang shape of those three (1: exponential; rounded)
     double host_slice_us = 4000.0;    // a thread that runs this long while others wait for a CPU is preempted
     double backend_thread = 0.0;      // 1: the backend's I/O runs on a kernel worker thread (io_uring's io-wq), 0: in the worker
     double xen_exit_us = 10.0;        // the guest's event-channel send as a VM exit handled in the vmm
@@ -104,6 +106,8 @@ struct HostConfig {
     int dom0_vcpus = 8;             // Xen: dom0 vCPUs, pinned to their own threads
     int card_cores = 8;             // Nitro: the card's cores (not host cores)
     bool card_on_host = false;      // the card's threads run on host threads (the emulator)
+    bool pin_instances = false;     // card_on_host: each instance and its I/O threads keep to their
+                                    // own share of the CPUs (HostCpus::instance_cpus)
 };
 
 struct RunConfig {

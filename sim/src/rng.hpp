@@ -40,6 +40,15 @@ public:
 
     double exponential(double mean) { return -mean * std::log(uniform()); }
 
+    // Erlang: the sum of `shape` exponentials, `mean` in all (shape 1: exponential; the larger,
+    // the closer to the mean every draw is: coefficient of variation 1/sqrt(shape)).
+    double erlang(double mean, int shape) {
+        if (shape <= 1) return exponential(mean);
+        double sum = 0.0;
+        for (int k = 0; k < shape; ++k) sum -= std::log(uniform());
+        return mean * sum / shape;
+    }
+
     double normal() {
         // Box-Muller; the second variate is dropped to keep the stream simple.
         const double u1 = uniform();

@@ -18,7 +18,7 @@ using nlohmann::json;
 namespace {
 
 #define HS_CAL_NUMBERS(X)                                                                                      \
-    X(guest_submit_us) X(guest_complete_us) X(guest_irq_us) X(nitro_notify_us) X(nitro_notify_p99_us) X(card_poll_us) X(host_wake_us) X(host_preempt_us) X(host_slice_us) X(card_poll_backoff_us) X(card_lost_cpu_per_s) X(backend_thread) X(xen_exit_us) X(card_us_per_io)             \
+    X(guest_submit_us) X(guest_complete_us) X(guest_irq_us) X(nitro_notify_us) X(nitro_notify_p99_us) X(card_poll_us) X(host_wake_us) X(host_preempt_us) X(host_wake_shape) X(host_switch_us) X(host_slice_us) X(card_poll_backoff_us) X(card_lost_cpu_per_s) X(backend_thread) X(xen_exit_us) X(card_us_per_io)             \
     X(card_us_per_kib) X(pcie_us) X(dma_gbps) X(irq_us) X(exits_per_io) X(exit_us) X(evtchn_hop_us)           \
     X(hypercall_us) X(grant_setup_us) X(blkback_req_us) X(blkback_complete_us) X(grant_map_us)               \
     X(grant_unmap_us) X(grant_lock_us) X(tlb_ipi_us) X(tlb_window_us) X(copy_us_per_kib) X(dom0_wake_us)    \
@@ -188,12 +188,15 @@ Result<RunConfig> build_run(const json& doc, const std::string& base_dir, const 
     HS_TRY(top.string("name", run.name, true));
     HS_TRY(top.choice<IoModel>("io_model", run.io_model, {{"nitro", IoModel::Nitro}, {"xen", IoModel::Xen}}));
     if (doc.contains("host")) {
-        Reader h(doc.at("host"), "/host", {"threads", "dom0_vcpus", "card_cores", "card_on_host"});
+        Reader h(doc.at("host"), "/host", {"threads", "dom0_vcpus", "card_cores", "card_on_host", "pin_instances"});
         HS_TRY(h.check_object());
         HS_TRY(h.integer("threads", run.host.threads, 1, 4096));
         HS_TRY(h.integer("dom0_vcpus", run.host.dom0_vcpus, 1, 512));
         HS_TRY(h.integer("card_cores", run.host.card_cores, 1, 512));
         HS_TRY(h.boolean("card_on_host", run.host.card_on_host));
+        HS_TRY(h.boolean("pin_instances", run.host.pin_instances));
+        if (run.host.pin_instances && !run.host.card_on_host)
+            return fail(Error::invalid("/host/pin_instances: only with card_on_host (the emulator's host)"));
     }
     HS_TRY(top.number("duration_s", run.duration_s, 1e-6, 3600.0));
     if (ov.duration_s > 0) run.duration_s = ov.duration_s;

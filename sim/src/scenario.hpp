@@ -2,7 +2,7 @@
 // below; every error names the file and the JSON pointer of the offending value.
 //
 // Top level: name (string, required), description, io_model ("nitro" | "xen" | a list of them),
-// host {threads, dom0_vcpus, card_cores, card_on_host}, duration_s, warmup_s, seed,
+// host {threads, dom0_vcpus, card_cores, card_on_host, pin_instances}, duration_s, warmup_s, seed,
 // calibration (path, relative to the scenario file), calibration_overrides {param: value},
 // types (path of the instance-type table, default instance-types.json beside the scenario),
 // storage {ebs|instance_store: {median_us, p99_us}}, instances [ {group, type, count, volume

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cmath>
 #include <map>
 #include <memory>
 
@@ -38,8 +39,11 @@ PointResult simulate(const RunConfig& run) {
     std::unique_ptr<HostCpus> host;
     if (run.host.card_on_host) {
         host_timeline = std::make_unique<Timeline>("host_cpus");
-        host = std::make_unique<HostCpus>(*host_timeline, static_cast<unsigned>(run.host.threads), run.cal.host_wake_us,
-                                          run.cal.host_preempt_us, run.cal.host_slice_us, mix(run.seed, 0x4057));
+        const HostCpus::Timing timing{run.cal.host_wake_us, run.cal.host_preempt_us, run.cal.host_switch_us,
+                                      run.cal.host_slice_us, static_cast<int>(std::lround(run.cal.host_wake_shape))};
+        host = std::make_unique<HostCpus>(*host_timeline, static_cast<unsigned>(run.host.threads), timing,
+                                          run.host.pin_instances ? static_cast<int>(run.instances.size()) : 0,
+                                          mix(run.seed, 0x4057));
     }
     std::vector<std::unique_ptr<Instance>> instances;
     for (std::size_t i = 0; i < run.instances.size(); ++i) {

@@ -4,43 +4,61 @@
 
 namespace hostsim {
 
-HostCpus::HostCpus(Timeline& timeline, unsigned cpus, double wake_us, double preempt_us,
-                   double slice_us, std::uint64_t seed)
+HostCpus::HostCpus(Timeline& timeline, unsigned cpus, Timing timing, int pinned_instances,
+                   std::uint64_t seed)
     : timeline_(timeline),
       rng_(seed),
-      wake_us_(wake_us),
-      preempt_us_(preempt_us),
-      slice_(slice_us > 0 ? us_to_ps(slice_us) : kNever),
+      wake_us_(timing.wake_us),
+      preempt_us_(timing.preempt_us),
+      switch_us_(timing.switch_us),
+      shape_(std::max(1, timing.shape)),
+      slice_(timing.slice_us > 0 ? us_to_ps(timing.slice_us) : kNever),
+      pinned_(pinned_instances),
       cpus_(std::max(1u, cpus)) {}
 
 Ps HostCpus::draw(double mean_us) {
-    return mean_us > 0 ? us_to_ps(rng_.exponential(mean_us)) : 0;
+    return mean_us > 0 ? us_to_ps(rng_.erlang(mean_us, shape_)) : 0;
 }
 
-int HostCpus::idle_cpu() const {
-    for (std::size_t c = 0; c < cpus_.size(); ++c)
-        if (cpus_[c].id < 0) return static_cast<int>(c);
+HostCpus::CpuRange HostCpus::instance_cpus(int i, int n, int cpus) {
+    if (n <= 0 || cpus <= 0) return CpuRange{0, std::max(cpus, 1)};
+    if (n <= cpus) return CpuRange{i * cpus / n, (i + 1) * cpus / n};
+    return CpuRange{i % cpus, i % cpus + 1};
+}
+
+HostCpus::CpuRange HostCpus::clamp(CpuRange r) const {
+    const int n = static_cast<int>(cpus_.size());
+    r.first = std::clamp(r.first, 0, n - 1);
+    r.last = std::clamp(r.last, r.first + 1, n);
+    return r;
+}
+
+int HostCpus::idle_cpu(CpuRange allowed) const {
+    for (int c = allowed.first; c < allowed.last; ++c)
+        if (cpus_[static_cast<std::size_t>(c)].id < 0) return c;
     return -1;
 }
 
-int HostCpus::add_vcpu(std::function<void()> resume) {
+int HostCpus::add_vcpu(std::function<void()> resume, CpuRange allowed) {
+    allowed = clamp(allowed);
     const int v = static_cast<int>(vcpus_.size());
-    vcpus_.push_back(Vcpu{-1, std::move(resume)});
-    const int c = idle_cpu();
+    vcpus_.push_back(Vcpu{-1, 0, allowed, std::move(resume)});
+    const int c = idle_cpu(allowed);
     if (c >= 0) {
         cpus_[static_cast<std::size_t>(c)].vcpu = true;
         cpus_[static_cast<std::size_t>(c)].id = v;
         vcpus_.back().cpu = c;
     } else {
-        cpus_[static_cast<std::size_t>(v) % cpus_.size()].vcpus.push_back(v);
+        cpus_[static_cast<std::size_t>(allowed.first + v % allowed.width())].vcpus.push_back(v);
     }
     return v;
 }
 
-int HostCpus::add_thread(std::function<void()> yield, std::function<int()> waker_cpu) {
+int HostCpus::add_thread(std::function<void()> yield, std::function<int()> waker_cpu, CpuRange allowed) {
     Thread t;
     t.yield = std::move(yield);
     t.waker_cpu = std::move(waker_cpu);
+    t.allowed = clamp(allowed);
     threads_.push_back(std::move(t));
     return static_cast<int>(threads_.size()) - 1;
 }
@@ -72,8 +90,11 @@ void HostCpus::give(int cpu, int t, Ps delay) {
 void HostCpus::resume_vcpu(int cpu, int v) {
     cpus_[static_cast<std::size_t>(cpu)].vcpu = true;
     cpus_[static_cast<std::size_t>(cpu)].id = v;
-    vcpus_[static_cast<std::size_t>(v)].cpu = cpu;
-    timeline_.after(0, vcpus_[static_cast<std::size_t>(v)].resume);
+    Vcpu& vcpu = vcpus_[static_cast<std::size_t>(v)];
+    vcpu.cpu = cpu;
+    const Ps back = draw(switch_us_);
+    vcpu.entered = Timeline::now() + back;
+    timeline_.after(back, vcpu.resume);
 }
 
 // A poller on `cpu` yields it to thread t (its loop calls sched_yield between passes).
@@ -88,12 +109,12 @@ void HostCpus::take_from_poller(int cpu, int t) {
 void HostCpus::request(int t, std::function<void()> granted, bool from_exit) {
     Thread& th = threads_[static_cast<std::size_t>(t)];
     th.granted = std::move(granted);
-    if (const int c = idle_cpu(); c >= 0) {
+    if (const int c = idle_cpu(th.allowed); c >= 0) {
         give(c, t, draw(wake_us_));
         return;
     }
     int c = th.waker_cpu ? th.waker_cpu() : -1;
-    if (c < 0) c = static_cast<int>(rng_.below(cpus_.size()));
+    if (!th.allowed.has(c)) c = th.allowed.first + static_cast<int>(rng_.below(static_cast<std::uint64_t>(th.allowed.width())));
     const Cpu& cpu = cpus_[static_cast<std::size_t>(c)];
     if (!cpu.vcpu && cpu.id >= 0 && threads_[static_cast<std::size_t>(cpu.id)].polling) {
         take_from_poller(c, t);
@@ -173,17 +194,21 @@ void HostCpus::hand_on(int c) {
         return;
     }
     for (Cpu& other : cpus_) {
-        if (!other.threads.empty()) {
-            const int next = other.threads.front();
-            other.threads.pop_front();
+        const auto it = std::find_if(other.threads.begin(), other.threads.end(),
+                                     [&](int t) { return threads_[static_cast<std::size_t>(t)].allowed.has(c); });
+        if (it != other.threads.end()) {
+            const int next = *it;
+            other.threads.erase(it);
             give(c, next, 0);
             return;
         }
     }
     for (Cpu& other : cpus_) {
-        if (!other.vcpus.empty()) {
-            const int v = other.vcpus.front();
-            other.vcpus.pop_front();
+        const auto it = std::find_if(other.vcpus.begin(), other.vcpus.end(),
+                                     [&](int v) { return vcpus_[static_cast<std::size_t>(v)].allowed.has(c); });
+        if (it != other.vcpus.end()) {
+            const int v = *it;
+            other.vcpus.erase(it);
             resume_vcpu(c, v);
             return;
         }
@@ -193,8 +218,8 @@ void HostCpus::hand_on(int c) {
 }
 
 ServiceThread::ServiceThread(HostCpus& cpus, Timeline& timeline, Owner owner,
-                             std::function<int()> waker_cpu, Polling poll, Ps wake_cost,
-                             Ps count_from, std::uint64_t seed)
+                             std::function<int()> waker_cpu, HostCpus::CpuRange allowed,
+                             Polling poll, Ps wake_cost, Ps count_from, std::uint64_t seed)
     : cpus_(cpus),
       timeline_(timeline),
       owner_(owner),
@@ -212,7 +237,7 @@ ServiceThread::ServiceThread(HostCpus& cpus, Timeline& timeline, Owner owner,
             backoff_until_ = now + poll_.backoff;
             state_ = State::Asleep;
         },
-        std::move(waker_cpu));
+        std::move(waker_cpu), allowed);
 }
 
 void ServiceThread::book(Ps from, Ps to) {

@@ -44,18 +44,47 @@ namespace hostsim {
 
 class HostCpus final {
 public:
-    HostCpus(Timeline& timeline, unsigned cpus, double wake_us, double preempt_us, double slice_us,
-             std::uint64_t seed);
+    // The CPUs a thread may run on: [first, last).
+    struct CpuRange {
+        int first = 0, last = 0;
+        bool has(int cpu) const { return cpu >= first && cpu < last; }
+        int width() const { return last - first; }
+    };
+    // Instance i of n pinned (host.pin_instances): an even share of the CPUs when there are at
+    // least n, else one, in turn (bench/compare pins the emulator's guests the same way).
+    static CpuRange instance_cpus(int i, int n, int cpus);
+    // Where instance i's vCPU thread and I/O threads run.
+    CpuRange for_instance(int i) const {
+        return pinned_ > 0 ? clamp(instance_cpus(i, pinned_, static_cast<int>(cpus_.size())))
+                           : CpuRange{0, static_cast<int>(cpus_.size())};
+    }
 
-    // A vCPU thread, on a CPU from the start; `resume` runs each time it gets a CPU back.
-    // Requires fewer vCPU threads than CPUs plus one (they never share a CPU among themselves).
-    int add_vcpu(std::function<void()> resume);
-    bool vcpu_running(int v) const { return vcpus_[static_cast<std::size_t>(v)].cpu >= 0; }
+    // The scheduler's timing: a woken thread's latency to an idle CPU, its delay before it
+    // preempts a busy-polling vCPU thread, and a vCPU thread's way back into its guest once it has
+    // its CPU again (the switch and the VM entry) (means; Erlang-distributed of the given shape);
+    // the tick.
+    struct Timing {
+        double wake_us = 0, preempt_us = 0, switch_us = 0, slice_us = 0;
+        int shape = 1;
+    };
+    // pinned_instances: how many instances keep to their own share of the CPUs (0: none do).
+    HostCpus(Timeline& timeline, unsigned cpus, Timing timing, int pinned_instances, std::uint64_t seed);
+
+    // A vCPU thread, on a CPU of `allowed` from the start; `resume` runs each time it gets a CPU
+    // back. Requires fewer vCPU threads than CPUs plus one (they never share a CPU among
+    // themselves), and no more on a range than it has CPUs plus one.
+    int add_vcpu(std::function<void()> resume, CpuRange allowed);
+    // Its guest runs: the thread holds a CPU and is back in the guest.
+    bool vcpu_running(int v) const {
+        const Vcpu& vcpu = vcpus_[static_cast<std::size_t>(v)];
+        return vcpu.cpu >= 0 && Timeline::now() >= vcpu.entered;
+    }
     int vcpu_cpu(int v) const { return vcpus_[static_cast<std::size_t>(v)].cpu; }
 
-    // An I/O thread. `yield` is called when it polls and another thread takes its CPU; `waker_cpu`
-    // tells where the thread that wakes it runs now (-1: anywhere).
-    int add_thread(std::function<void()> yield, std::function<int()> waker_cpu);
+    // An I/O thread that runs on the CPUs of `allowed`. `yield` is called when it polls and
+    // another thread takes its CPU; `waker_cpu` tells where the thread that wakes it runs now
+    // (-1: anywhere).
+    int add_thread(std::function<void()> yield, std::function<int()> waker_cpu, CpuRange allowed);
     int thread_cpu(int t) const { return threads_[static_cast<std::size_t>(t)].cpu; }
     // Thread t wants a CPU; `granted` runs once it has one. from_exit: its waker is a vCPU thread
     // returning from an exit to the vmm, which the woken thread preempts at once.
@@ -84,6 +113,8 @@ private:
     };
     struct Vcpu {
         int cpu = -1;
+        Ps entered = 0;  // when it is back in its guest after it last got its CPU
+        CpuRange allowed;
         std::function<void()> resume;
     };
     struct Thread {
@@ -91,6 +122,7 @@ private:
         bool polling = false;
         Ps since = 0;                // when it got its CPU
         int queued_on = -1;          // the CPU whose queue it waits on
+        CpuRange allowed;
         std::uint64_t wait_seq = 0;  // identifies the current wait (0: not waiting)
         std::function<void()> yield;
         std::function<int()> waker_cpu;
@@ -102,13 +134,16 @@ private:
     void preempt(int t, std::uint64_t seq);
     void take_from_poller(int cpu, int t);
     void hand_on(int cpu);
-    int idle_cpu() const;
+    int idle_cpu(CpuRange allowed) const;
+    CpuRange clamp(CpuRange r) const;  // within the host, at least one CPU
     Ps draw(double mean_us);
 
     Timeline& timeline_;
     Rng rng_;
-    double wake_us_, preempt_us_;
+    double wake_us_, preempt_us_, switch_us_;
+    int shape_;
     Ps slice_;
+    int pinned_;
     std::vector<Cpu> cpus_;
     std::vector<Vcpu> vcpus_;
     std::vector<Thread> threads_;
@@ -129,7 +164,7 @@ public:
     };
     // waker_cpu: where the thread that wakes it runs (HostCpus::add_thread).
     ServiceThread(HostCpus& cpus, Timeline& timeline, Owner owner, std::function<int()> waker_cpu,
-                  Polling poll, Ps wake_cost, Ps count_from, std::uint64_t seed);
+                  HostCpus::CpuRange allowed, Polling poll, Ps wake_cost, Ps count_from, std::uint64_t seed);
     int cpu() const { return cpus_.thread_cpu(id_); }
     ServiceThread(const ServiceThread&) = delete;
     ServiceThread& operator=(const ServiceThread&) = delete;

@@ -19,7 +19,7 @@ Instance::Instance(const sc_core::sc_module_name& name, int id, const InstanceCo
       end_(static_cast<Ps>(run.duration_s * static_cast<double>(kPsPerS))),
       vcpus_(timeline_, static_cast<unsigned>(cfg.type.vcpus), warmup_) {
     if (host != nullptr) {
-        const int thread = host->add_vcpu([this] { vcpus_.resume(); });
+        const int thread = host->add_vcpu([this] { vcpus_.resume(); }, host->for_instance(id));
         vcpus_.set_gate([host, thread] { return host->vcpu_running(thread); });
     }
     socket.register_nb_transport_bw(this, &Instance::nb_transport_bw);

@@ -259,13 +259,21 @@ void XenDom0::after_task_on_host(std::size_t ring, const Task& task) {
     const int id = rings_[ring].instance;
     if (!task.complete) {
         const Ps admitted = admit(id, io_of(*gp).bytes, io_of(*gp).write);
-        timeline_.at(admitted, [this, ring, id, gp] {
+        auto backend = [this, ring, id, gp] {
             emu_backend(id, io_of(*gp).bytes, [this, ring, id, gp] {
                 const Task done{true, gp, false};
                 worker_[static_cast<std::size_t>(id)]->post(task_cost(done, Timeline::now()),
                                                             [this, ring, done] { after_task_on_host(ring, done); });
             });
-        });
+        };
+        // Admitted at once, the copy is done within the submission and its completion is blkback's
+        // next task, before the thread can sleep; a later admission (the volume's limits) comes
+        // back to it as an event.
+        if (admitted <= Timeline::now()) {
+            backend();
+        } else {
+            timeline_.at(admitted, std::move(backend));
+        }
         return;
     }
     finished_[static_cast<std::size_t>(id)].push_back(gp);

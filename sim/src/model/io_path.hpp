@@ -92,14 +92,14 @@ protected:
             const int vcpu = static_cast<int>(i);
             HostCpus* host = host_;
             threads_.push_back(std::make_unique<ServiceThread>(
-                *host_, timeline_, owner, [host, vcpu] { return host->vcpu_cpu(vcpu); }, poll, wake_cost, warmup_,
-                rng_.next()));
+                *host_, timeline_, owner, [host, vcpu] { return host->vcpu_cpu(vcpu); }, host->for_instance(vcpu), poll,
+                wake_cost, warmup_, rng_.next()));
             ServiceThread* worker = threads_.back().get();
             worker_.push_back(worker);
             if (cal_.backend_thread >= 0.5) {
                 threads_.push_back(std::make_unique<ServiceThread>(
-                    *host_, timeline_, owner, [worker] { return worker->cpu(); }, ServiceThread::Polling{}, 0, warmup_,
-                    rng_.next()));
+                    *host_, timeline_, owner, [worker] { return worker->cpu(); }, host->for_instance(vcpu),
+                    ServiceThread::Polling{}, 0, warmup_, rng_.next()));
                 backend_.push_back(threads_.back().get());
             }
         }

@@ -6,6 +6,7 @@
 
 #include "model/cpu_pool.hpp"
 #include "model/host.hpp"
+#include "model/host_cpus.hpp"
 #include "rng.hpp"
 #include "runner.hpp"
 
@@ -125,4 +126,55 @@ TEST_CASE("a closed loop at QD1 on an idle path: IOPS = 1 / latency") {
     const double iops = inst.at("iops").get<double>();
     const double mean_us = inst.at("mean_us").get<double>();
     CHECK(std::abs(iops * mean_us / 1e6 - 1.0) < 0.02);  // Little's law with one outstanding I/O
+}
+
+TEST_CASE("pinned instances share the emulator's CPUs evenly, or take one each in turn") {
+    using R = HostCpus::CpuRange;
+    auto same = [](R a, R b) { return a.first == b.first && a.last == b.last; };
+    CHECK(same(HostCpus::instance_cpus(0, 1, 2), R{0, 2}));
+    CHECK(same(HostCpus::instance_cpus(0, 2, 2), R{0, 1}));
+    CHECK(same(HostCpus::instance_cpus(1, 2, 2), R{1, 2}));
+    CHECK(same(HostCpus::instance_cpus(2, 3, 8), R{5, 8}));
+    CHECK(same(HostCpus::instance_cpus(4, 5, 2), R{0, 1}));
+}
+
+TEST_CASE("Erlang draws keep their mean and narrow as the shape grows") {
+    for (int shape : {1, 4, 16}) {
+        Rng rng(3);
+        double sum = 0, sq = 0;
+        const int n = 200000;
+        for (int i = 0; i < n; ++i) {
+            const double x = rng.erlang(10.0, shape);
+            sum += x;
+            sq += x * x;
+        }
+        const double mean = sum / n;
+        const double cv = std::sqrt(sq / n - mean * mean) / mean;
+        CHECK(mean == doctest::Approx(10.0).epsilon(0.01));
+        CHECK(cv == doctest::Approx(1.0 / std::sqrt(shape)).epsilon(0.02));
+    }
+}
+
+TEST_CASE("emulator host: a pinned guest pays its vCPU thread's way back into the guest on every I/O") {
+    // Two guests pinned one to each CPU, each sharing its CPU with its own card worker, which
+    // sleeps after every pass: every I/O takes the CPU from the vCPU thread and gives it back.
+    auto run_with = [](double switch_us) {
+        RunConfig run = one_instance(IoModel::Nitro, 1);
+        run.host.threads = 2;
+        run.host.card_on_host = true;
+        run.host.pin_instances = true;
+        run.instances.front().volume = Volume::Ram;
+        run.instances.front().limits = false;
+        run.instances.front().workload.poll = true;
+        run.instances.push_back(run.instances.front());
+        run.instances.back().index = 1;
+        run.cal.card_poll_us = 0;
+        run.cal.host_wake_shape = 16;
+        run.cal.host_switch_us = switch_us;
+        const json r = simulate_json(run);
+        return (r.at("instances").at(0).at("mean_us").get<double>() + r.at("instances").at(1).at("mean_us").get<double>()) / 2;
+    };
+    const double base = run_with(0), slow = run_with(50);
+    MESSAGE("mean latency without the switch " << base << " us, with 50 us " << slow << " us");
+    CHECK(slow - base == doctest::Approx(50).epsilon(0.1));
 }
