@@ -34,8 +34,9 @@ log errors of IOPS and p50):
   host_wake_us, host_preempt_us   a woken thread's latency to an idle CPU, and its delay before it
                      preempts a busy-polling vCPU thread;
   host_switch_us     how long a vCPU thread given its CPU back takes to run its guest again;
-  host_wake_shape    how tightly these gather round their means (Erlang shape: 1 exponential,
-                     16 nearly constant);
+  host_wake_shape, host_preempt_shape   how tightly the wake-up and the way back, and the
+                     preemption, gather round their means (Erlang shape: 1 exponential, 16
+                     nearly constant);
   card_lost_cpu_per_s   how often the polling card worker loses its CPU to the rest of the
                      machine (it then stops polling for its 100 ms back-off);
   guest_submit_us, guest_complete_us, grant_setup_us   the guest driver's cost per I/O (3:2) and
@@ -325,7 +326,7 @@ def fit_scheduler(args, params, points, notes):
     import tempfile
     workdir = tempfile.mkdtemp(prefix="nh-compare-fit-")
     keys = ("host_wake_us", "host_preempt_us", "card_lost_cpu_per_s", "guest_us", "grant_setup_us", "host_wake_shape",
-            "host_switch_us")
+            "host_switch_us", "host_preempt_shape")
     memo = {}
 
     def trial_params(x):
@@ -334,6 +335,7 @@ def fit_scheduler(args, params, points, notes):
         trial["grant_setup_us"] = x[4]
         trial["host_wake_shape"] = x[5]
         trial["host_switch_us"] = x[6]
+        trial["host_preempt_shape"] = x[7]
         return trial
 
     def cost(x):
@@ -356,12 +358,13 @@ def fit_scheduler(args, params, points, notes):
     grant0 = params.get("grant_setup_us", 0.2)
     scales = [2 ** (k / 2) for k in range(-4, 5)]
     shapes = [1, 2, 4, 8, 16]                                # Erlang shape of both latencies
-    x = [8.0, 32.0, 10.0, guest0, grant0, 1, 0.0]
+    x = [8.0, 32.0, 10.0, guest0, grant0, 1, 0.0, 1]
     for _ in range(2):
         x[0], x[1] = min(((w, p) for w in coarse for p in coarse), key=lambda wp: cost([wp[0], wp[1]] + x[2:])) \
             if not memo else min(((x[0] * a, x[1] * b) for a in scales[2:7] for b in scales[2:7]),
                                  key=lambda wp: cost([wp[0], wp[1]] + x[2:]))
         x[5] = best_of(5, shapes, x)
+        x[7] = best_of(7, shapes, x)
         x[6] = best_of(6, [0.0] + coarse[:8] if len(memo) < 120 else [0.0] + [max(x[6], 1.0) * a for a in scales], x)
         x[2] = best_of(2, rates + [x[2] * a for a in scales[3:6]], x)
         x[3] = best_of(3, [guest0 * a for a in scales], x)
@@ -371,7 +374,7 @@ def fit_scheduler(args, params, points, notes):
     rms = math.sqrt(cost(x) / (2 * len(train)))
     notes.append(f"fitted by simulating the {len(train)} training points ({len(memo)} runs): wake-up on an idle "
                  f"CPU {x[0]:.1f} us, preemption of a busy-polling vCPU thread {x[1]:.1f} us (means; Erlang "
-                 f"shape {x[5]}), a vCPU thread's way back into its guest {x[6]:.1f} us, polling card "
+                 f"shapes {x[5]} and {x[7]}), a vCPU thread's way back into its guest {x[6]:.1f} us, polling card "
                  f"worker loses its CPU {x[2]:.1f} times a second, guest driver {x[3]:.2f} us per I/O, blkfront "
                  f"{x[4]:.2f} us more; rms log error of IOPS and p50 {rms:.2f}")
 

@@ -32,7 +32,8 @@ struct Calibration {
     double host_wake_us = 5.0;        // mean latency of a woken thread to run on an idle CPU
     double host_preempt_us = 50.0;    // mean delay before a woken thread preempts a busy-polling vCPU thread
     double host_switch_us = 0.0;      // mean time a vCPU thread given its CPU back takes to be in its guest again
-    double host_wake_shape = 1.0;     // Erlang shape of those three (1: exponential; rounded)
+    double host_wake_shape = 1.0;     // Erlang shape of the wake-up and the way back (1: exponential; rounded)
+    double host_preempt_shape = 1.0;  // Erlang shape of the preemption delay
     double host_slice_us = 4000.0;    // a thread that runs this long while others wait for a CPU is preempted
     double backend_thread = 0.0;      // 1: the backend's I/O runs on a kernel worker thread (io_uring's io-wq), 0: in the worker
     double xen_exit_us = 10.0;        // the guest's event-channel send as a VM exit handled in the vmm

@@ -18,7 +18,7 @@ using nlohmann::json;
 namespace {
 
 #define HS_CAL_NUMBERS(X)                                                                                      \
-    X(guest_submit_us) X(guest_complete_us) X(guest_irq_us) X(nitro_notify_us) X(nitro_notify_p99_us) X(card_poll_us) X(host_wake_us) X(host_preempt_us) X(host_wake_shape) X(host_switch_us) X(host_slice_us) X(card_poll_backoff_us) X(card_lost_cpu_per_s) X(backend_thread) X(xen_exit_us) X(card_us_per_io)             \
+    X(guest_submit_us) X(guest_complete_us) X(guest_irq_us) X(nitro_notify_us) X(nitro_notify_p99_us) X(card_poll_us) X(host_wake_us) X(host_preempt_us) X(host_wake_shape) X(host_preempt_shape) X(host_switch_us) X(host_slice_us) X(card_poll_backoff_us) X(card_lost_cpu_per_s) X(backend_thread) X(xen_exit_us) X(card_us_per_io)             \
     X(card_us_per_kib) X(pcie_us) X(dma_gbps) X(irq_us) X(exits_per_io) X(exit_us) X(evtchn_hop_us)           \
     X(hypercall_us) X(grant_setup_us) X(blkback_req_us) X(blkback_complete_us) X(grant_map_us)               \
     X(grant_unmap_us) X(grant_lock_us) X(tlb_ipi_us) X(tlb_window_us) X(copy_us_per_kib) X(dom0_wake_us)    \

@@ -50,6 +50,7 @@ public:
     }
 
     unsigned running() const { return processors() - static_cast<unsigned>(free_.size()); }
+    std::size_t waiting() const { return waiting_.size(); }
 
     void submit(Job job) {
         if (free_.empty() || !open()) {

@@ -40,7 +40,8 @@ PointResult simulate(const RunConfig& run) {
     if (run.host.card_on_host) {
         host_timeline = std::make_unique<Timeline>("host_cpus");
         const HostCpus::Timing timing{run.cal.host_wake_us, run.cal.host_preempt_us, run.cal.host_switch_us,
-                                      run.cal.host_slice_us, static_cast<int>(std::lround(run.cal.host_wake_shape))};
+                                      run.cal.host_slice_us, static_cast<int>(std::lround(run.cal.host_wake_shape)),
+                                      static_cast<int>(std::lround(run.cal.host_preempt_shape))};
         host = std::make_unique<HostCpus>(*host_timeline, static_cast<unsigned>(run.host.threads), timing,
                                           run.host.pin_instances ? static_cast<int>(run.instances.size()) : 0,
                                           mix(run.seed, 0x4057));

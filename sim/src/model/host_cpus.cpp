@@ -12,12 +12,13 @@ HostCpus::HostCpus(Timeline& timeline, unsigned cpus, Timing timing, int pinned_
       preempt_us_(timing.preempt_us),
       switch_us_(timing.switch_us),
       shape_(std::max(1, timing.shape)),
+      preempt_shape_(std::max(1, timing.preempt_shape)),
       slice_(timing.slice_us > 0 ? us_to_ps(timing.slice_us) : kNever),
       pinned_(pinned_instances),
       cpus_(std::max(1u, cpus)) {}
 
-Ps HostCpus::draw(double mean_us) {
-    return mean_us > 0 ? us_to_ps(rng_.erlang(mean_us, shape_)) : 0;
+Ps HostCpus::draw(double mean_us, int shape) {
+    return mean_us > 0 ? us_to_ps(rng_.erlang(mean_us, shape)) : 0;
 }
 
 HostCpus::CpuRange HostCpus::instance_cpus(int i, int n, int cpus) {
@@ -92,7 +93,7 @@ void HostCpus::resume_vcpu(int cpu, int v) {
     cpus_[static_cast<std::size_t>(cpu)].id = v;
     Vcpu& vcpu = vcpus_[static_cast<std::size_t>(v)];
     vcpu.cpu = cpu;
-    const Ps back = draw(switch_us_);
+    const Ps back = draw(switch_us_, shape_);
     vcpu.entered = Timeline::now() + back;
     timeline_.after(back, vcpu.resume);
 }
@@ -103,14 +104,14 @@ void HostCpus::take_from_poller(int cpu, int t) {
     poller.cpu = -1;
     poller.polling = false;
     poller.yield();
-    give(cpu, t, draw(wake_us_));
+    give(cpu, t, draw(wake_us_, shape_));
 }
 
 void HostCpus::request(int t, std::function<void()> granted, bool from_exit) {
     Thread& th = threads_[static_cast<std::size_t>(t)];
     th.granted = std::move(granted);
     if (const int c = idle_cpu(th.allowed); c >= 0) {
-        give(c, t, draw(wake_us_));
+        give(c, t, draw(wake_us_, shape_));
         return;
     }
     int c = th.waker_cpu ? th.waker_cpu() : -1;
@@ -120,7 +121,7 @@ void HostCpus::request(int t, std::function<void()> granted, bool from_exit) {
         take_from_poller(c, t);
         return;
     }
-    queue(c, t, from_exit ? 0 : draw(preempt_us_));
+    queue(c, t, from_exit ? 0 : draw(preempt_us_, preempt_shape_));
 }
 
 void HostCpus::queue(int cpu, int t, Ps delay) {
@@ -140,7 +141,7 @@ bool HostCpus::requeue(int t, std::function<void()> granted) {
     th.polling = false;
     th.granted = std::move(granted);
     hand_on(c);
-    queue(c, t, draw(preempt_us_));
+    queue(c, t, draw(preempt_us_, preempt_shape_));
     return true;
 }
 
@@ -246,7 +247,7 @@ void ServiceThread::book(Ps from, Ps to) {
 }
 
 void ServiceThread::post(Ps work, Timeline::Action done, bool from_exit) {
-    items_.push_back(Item{work, std::move(done)});
+    (in_done_ ? items_ : next_).push_back(Item{work, std::move(done)});
     switch (state_) {
         case State::Asleep:
             state_ = State::Waking;
@@ -269,6 +270,7 @@ void ServiceThread::post(Ps work, Timeline::Action done, bool from_exit) {
 void ServiceThread::next() {
     const Ps now = Timeline::now();
     if (items_.empty() && on_drain_) on_drain_();
+    if (items_.empty()) items_.swap(next_);
     if (items_.empty()) {
         if (poll_.window <= 0 || now < backoff_until_) {
             sleep();
@@ -320,7 +322,11 @@ void ServiceThread::next() {
     state_ = State::Running;
     timeline_.at(now + item.work, [this, now, done = std::move(item.done)] {
         book(now, Timeline::now());
-        if (done) done();
+        if (done) {
+            in_done_ = true;
+            done();
+            in_done_ = false;
+        }
         next();
     });
 }

@@ -61,11 +61,11 @@ public:
 
     // The scheduler's timing: a woken thread's latency to an idle CPU, its delay before it
     // preempts a busy-polling vCPU thread, and a vCPU thread's way back into its guest once it has
-    // its CPU again (the switch and the VM entry) (means; Erlang-distributed of the given shape);
-    // the tick.
+    // its CPU again (the switch and the VM entry): means, Erlang-distributed of the given shapes
+    // (`shape` for the wake-up and the way back, `preempt_shape` for the preemption); the tick.
     struct Timing {
         double wake_us = 0, preempt_us = 0, switch_us = 0, slice_us = 0;
-        int shape = 1;
+        int shape = 1, preempt_shape = 1;
     };
     // pinned_instances: how many instances keep to their own share of the CPUs (0: none do).
     HostCpus(Timeline& timeline, unsigned cpus, Timing timing, int pinned_instances, std::uint64_t seed);
@@ -136,12 +136,12 @@ private:
     void hand_on(int cpu);
     int idle_cpu(CpuRange allowed) const;
     CpuRange clamp(CpuRange r) const;  // within the host, at least one CPU
-    Ps draw(double mean_us);
+    Ps draw(double mean_us, int shape);
 
     Timeline& timeline_;
     Rng rng_;
     double wake_us_, preempt_us_, switch_us_;
-    int shape_;
+    int shape_, preempt_shape_;
     Ps slice_;
     int pinned_;
     std::vector<Cpu> cpus_;
@@ -171,8 +171,11 @@ public:
 
     // Queues a work item of `work` CPU time; `done` runs when it is finished. from_exit: posted by
     // a vCPU thread handling an exit in the vmm (HostCpus::request).
+    // The thread works in passes, as the card worker and blkback loop: a pass takes the items
+    // queued when it starts and those their own `done` posts (a completion reaped in the same
+    // pass); items posted from elsewhere meanwhile wait for the next pass.
     void post(Ps work, Timeline::Action done, bool from_exit = false);
-    // Runs each time the thread has no work item left (the end of the card worker's pass).
+    // Runs at the end of each pass (where the card worker posts its completions).
     void set_on_drain(Timeline::Action on_drain) { on_drain_ = std::move(on_drain); }
     // Asleep with nothing queued: new work needs a wake-up.
     bool asleep() const { return state_ == State::Asleep; }
@@ -198,7 +201,9 @@ private:
     Rng rng_;
     int id_ = -1;
     State state_ = State::Asleep;
-    std::deque<Item> items_;
+    std::deque<Item> items_;  // this pass
+    std::deque<Item> next_;   // the next pass
+    bool in_done_ = false;    // an item's `done` runs: what it posts joins this pass
     Timeline::Action on_drain_;
     std::uint64_t poll_gen_ = 0;
     Ps poll_start_ = 0;

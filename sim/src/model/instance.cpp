@@ -19,6 +19,7 @@ Instance::Instance(const sc_core::sc_module_name& name, int id, const InstanceCo
       end_(static_cast<Ps>(run.duration_s * static_cast<double>(kPsPerS))),
       vcpus_(timeline_, static_cast<unsigned>(cfg.type.vcpus), warmup_) {
     if (host != nullptr) {
+        batch_sends_ = cfg.workload.poll;
         const int thread = host->add_vcpu([this] { vcpus_.resume(); }, host->for_instance(id));
         vcpus_.set_gate([host, thread] { return host->vcpu_running(thread); });
     }
@@ -90,18 +91,37 @@ void Instance::send(int slot) {
     Ps cost = us_to_ps(cal_.guest_submit_us);
     if (model_ == IoModel::Xen) cost += us_to_ps(cal_.grant_setup_us * pages_of(w.bs));
     vcpus_.submit(Job{cost, Owner::Guest, {}, [this, &gp] {
-                          tlm::tlm_phase phase = tlm::BEGIN_REQ;
-                          sc_core::sc_time delay = sc_core::SC_ZERO_TIME;
-                          socket->nb_transport_fw(gp, phase, delay);
+                          // The probe on the emulator reaps every completion it finds, then
+                          // queues the replacements and rings once: the commands reach the
+                          // device together when its vCPU has nothing else queued.
+                          if (batch_sends_) {
+                              batch_.push_back(&gp);
+                              ring_when_idle();
+                              return;
+                          }
+                          forward(gp);
                       }});
     if (model_ == IoModel::Nitro) {
         // Doorbells the card's polling does not absorb exit to the vmm (on this vCPU's core).
         exit_credit_ += cal_.exits_per_io;
         if (exit_credit_ >= 1.0) {
             exit_credit_ -= 1.0;
-            vcpus_.submit(Job{us_to_ps(cal_.exit_us), Owner::Hypervisor, {}, {}});
+            vcpus_.submit(Job{us_to_ps(cal_.exit_us), Owner::Hypervisor, {}, [this] { ring_when_idle(); }});
         }
     }
+}
+
+void Instance::ring_when_idle() {
+    if (batch_.empty() || vcpus_.running() > 0 || vcpus_.waiting() > 0) return;
+    std::vector<tlm::tlm_generic_payload*> batch;
+    batch.swap(batch_);
+    for (tlm::tlm_generic_payload* p : batch) forward(*p);
+}
+
+void Instance::forward(tlm::tlm_generic_payload& gp) {
+    tlm::tlm_phase phase = tlm::BEGIN_REQ;
+    sc_core::sc_time delay = sc_core::SC_ZERO_TIME;
+    socket->nb_transport_fw(gp, phase, delay);
 }
 
 tlm::tlm_sync_enum Instance::nb_transport_bw(tlm::tlm_generic_payload& gp, tlm::tlm_phase& phase, sc_core::sc_time&) {

@@ -40,6 +40,8 @@ private:
     void send(int slot);
     tlm::tlm_sync_enum nb_transport_bw(tlm::tlm_generic_payload& gp, tlm::tlm_phase& phase, sc_core::sc_time& delay);
     void completed(tlm::tlm_generic_payload& gp);
+    void forward(tlm::tlm_generic_payload& gp);  // to the I/O path
+    void ring_when_idle();                        // the batch, once the vCPU has nothing queued
 
     int id_;
     InstanceConfig cfg_;
@@ -54,6 +56,8 @@ private:
     std::uint64_t seq_offset_ = 0;
     double exit_credit_ = 0.0;
     int outstanding_ = 0;
+    bool batch_sends_ = false;                       // polled probe on the emulator's host
+    std::vector<tlm::tlm_generic_payload*> batch_;  // queued, not yet rung
     InstanceStats stats_;
 };
 
