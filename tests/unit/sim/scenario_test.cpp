@@ -79,6 +79,8 @@ TEST_CASE("schema errors name the file and the pointer") {
         {"duplicate group", [](json& d) { d["instances"].push_back(d["instances"][0]); d["instances"][0]["count"] = 1; d["instances"][1]["count"] = 1; },
          "/instances/1/group: 'a' is used twice"},
         {"missing calibration file", [](json& d) { d["calibration"] = "nope.json"; }, "open "},
+        {"pinning without the emulator's host", [](json& d) { d["host"]["pin_instances"] = true; },
+         "/host/pin_instances: only with card_on_host"},
     };
     for (const Case& c : cases) {
         json d = minimal();
