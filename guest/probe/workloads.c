@@ -1,5 +1,5 @@
 /*
- * Workload dispatch and the small workloads: `exit N`, `smp` and `fault`. `msi` is in msi.c,
+ * Workload dispatch and the small workloads: `exit N`, `print N`, `smp` and `fault`. `msi` is in msi.c,
  * `nvme-verify` in nvme_verify.c, `nvme-bench` in nvme_bench.c, `xen-verify` in xen_verify.c,
  * `xen-bench` in xen_bench.c.
  * Each returns the probe's exit status.
@@ -16,6 +16,19 @@ static int workload_exit(int argc, char** argv) {
         return 2;
     }
     return (int)status;
+}
+
+/* `print N`: N numbered lines on the console (a guest that talks without end, in small). */
+static int workload_print(int argc, char** argv) {
+    uint64_t lines = 0;
+    if (argc < 2 || !parse_u64(argv[1], &lines) || lines > 100000000ull) {
+        printk("probe: print: needs a line count (0..100000000)\n");
+        return 2;
+    }
+    for (uint64_t i = 0; i < lines; i++) {
+        printk("print: line %llu of %llu\n", (unsigned long long)i, (unsigned long long)lines);
+    }
+    return 0;
 }
 
 static uint64_t smp_counter;
@@ -77,6 +90,9 @@ int run_workload(int argc, char** argv) {
     }
     if (strcmp(argv[0], "exit") == 0) {
         return workload_exit(argc, argv);
+    }
+    if (strcmp(argv[0], "print") == 0) {
+        return workload_print(argc, argv);
     }
     if (strcmp(argv[0], "spin") == 0) { /* spin.c */
         return workload_spin(argc, argv);

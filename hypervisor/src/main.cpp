@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
     std::uint32_t vcpus = 1;
     double timeout_s = 0;
     std::string interactive = "auto";
+    std::string console_limit = "64M";
     std::vector<std::string> guest_args;
     std::string io_model = "auto";
     std::vector<std::string> volumes;
@@ -63,6 +64,9 @@ int main(int argc, char** argv) {
     run->add_option("--vcpus", vcpus, "number of vCPUs")->capture_default_str();
     run->add_option("--memory", memory, "guest RAM, e.g. 256M or 1G")->capture_default_str();
     run->add_option("--timeout", timeout_s, "seconds before the VM is stopped (0: none); exit status 124");
+    run->add_option("--console-limit", console_limit,
+                    "when stdout is a file, keep it under this size (the newest output stays; 0: no limit)")
+        ->capture_default_str();
     run->add_option("--interactive", interactive, "feed stdin to the guest console: auto, yes, no")
         ->check(CLI::IsMember({"auto", "yes", "no"}));
     run->add_option("--io-model", io_model,
@@ -99,6 +103,14 @@ int main(int argc, char** argv) {
     if (timeout_s < 0) return usage_error("--timeout must not be negative");
     if (timeout_s > 0) cfg.timeout = std::chrono::milliseconds(static_cast<long long>(timeout_s * 1000));
     cfg.interactive = interactive == "yes" || (interactive == "auto" && ::isatty(STDIN_FILENO));
+    if (console_limit == "0") {
+        cfg.console_limit_bytes = 0;
+    } else {
+        auto limit = hypervisor::cli::parse_size(console_limit);
+        if (!limit) return usage_error("--console-limit: " + limit.error().message);
+        if (*limit < 4096) return usage_error("--console-limit: at least 4K (or 0 for no limit)");
+        cfg.console_limit_bytes = *limit;
+    }
 
     for (const auto& v : volumes) {
         if (auto spec = nitro_card::storage::parse_volume_spec(v); !spec) return usage_error(spec.error().message);

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <regex>
 
 #include "support/process.hpp"
@@ -95,6 +96,29 @@ TEST_CASE("probe guest on 1 vCPU prints its banner and exits 0") {
     CHECK(r.out.find("probe: banner cpus=1 ") != std::string::npos);
     CHECK(r.out.find("probe: exit status 0") != std::string::npos);
     CHECK(r.err.find("boot marker") != std::string::npos);
+}
+
+TEST_CASE("a guest that prints without end: its console file stays under --console-limit, the newest kept") {
+    char path[] = "/tmp/nitrovm-console-XXXXXX";
+    const int fd = ::mkstemp(path);
+    REQUIRE(fd >= 0);
+    ::close(fd);
+    // About 45 KiB of output into a file (the shell's redirection) limited to 16 KiB.
+    auto r = run_process({"/bin/sh", "-c",
+                          "exec " + kNitrovm + " run --guest probe --console-limit 16K -- print 1500 > " + path},
+                         kTimeout);
+    std::ifstream f(path, std::ios::binary);
+    const std::string console((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    ::unlink(path);
+    INFO("stderr:\n" << r.err << "\nconsole (" << console.size() << " bytes), its start:\n" << console.substr(0, 200));
+    REQUIRE_FALSE(r.timed_out);
+    CHECK(r.status == 0);
+    CHECK(console.size() <= 16384);
+    CHECK(console.rfind("[nitrovm: console output over 16384 bytes; ", 0) == 0);
+    CHECK(console.find("print: line 1499 of 1500") != std::string::npos);
+    CHECK(console.find("probe: exit status 0") != std::string::npos);
+    CHECK(console.find("print: line 0 of 1500") == std::string::npos);
+    CHECK(r.err.find("console: output reached its 16384 byte limit") != std::string::npos);
 }
 
 TEST_CASE("probe guest on 2 vCPUs: both CPUs come up and the exit status round-trips") {

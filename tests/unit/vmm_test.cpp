@@ -82,7 +82,7 @@ TEST_CASE("16550: transmit goes out, THRE interrupt raised and cleared, loopback
     int fds[2];
     REQUIRE(::pipe(fds) == 0);
     std::vector<bool> levels;
-    Serial16550 uart(fds[1], [&](bool l) { levels.push_back(l); });
+    Serial16550 uart(ConsoleSink(fds[1], 0), [&](bool l) { levels.push_back(l); });
     std::uint8_t b = 'A';
     uart.write(0, std::span<const std::uint8_t>(&b, 1));
     char got = 0;

@@ -626,9 +626,13 @@ Status InstanceManager::console(const v1::GetConsoleOutputRequest& req, v1::GetC
     std::string out(size - from, '\0');
     in.seekg(static_cast<std::streamoff>(from));
     in.read(out.data(), static_cast<std::streamsize>(out.size()));
+    out.resize(static_cast<std::size_t>(std::max<std::streamsize>(0, in.gcount())));  // trimmed meanwhile
+    // nitrovm keeps the file under its --console-limit by dropping the oldest output, and says so
+    // in the file's first line.
+    const bool trimmed = from == 0 && out.starts_with("[nitrovm: console output over ");
     resp->set_instance_id(req.instance_id());
     resp->set_output(std::move(out));
-    resp->set_truncated(from > 0);
+    resp->set_truncated(from > 0 || trimmed);
     return Status::OK;
 }
 

@@ -95,7 +95,7 @@ void Serial16550::write_reg_locked(std::uint64_t reg, std::uint8_t v) {
                 if (rx_.size() < kRxLimit) rx_.push_back(v);
             } else {
                 // Output is best effort: a closed stdout must not stop the guest.
-                (void)!::write(out_fd_, &v, 1);
+                out_.write({&v, 1});
                 ++bytes_out_;
             }
             thr_irq_pending_ = true;  // the byte left at once: THR is empty again

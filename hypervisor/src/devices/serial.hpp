@@ -1,4 +1,4 @@
-// A 16550A UART (COM1). Output goes to a file descriptor (the vmm's stdout); input comes from
+// A 16550A UART (COM1). Output goes to a ConsoleSink (the vmm's stdout); input comes from
 // push_input() (the vmm's stdin when interactive). Interrupts through a level-setting callback.
 //
 // Lock order: mu_ only; the irq callback and the output write run under it (both are cheap
@@ -11,13 +11,14 @@
 #include <mutex>
 
 #include "devices/bus.hpp"
+#include "devices/console_sink.hpp"
 
 namespace hypervisor {
 
 class Serial16550 final : public BusDevice {
 public:
     using IrqLine = std::function<void(bool level)>;
-    Serial16550(int out_fd, IrqLine irq) : out_fd_(out_fd), irq_(std::move(irq)) {}
+    Serial16550(ConsoleSink out, IrqLine irq) : out_(out), irq_(std::move(irq)) {}
 
     void read(std::uint64_t offset, std::span<std::uint8_t> data) override;
     void write(std::uint64_t offset, std::span<const std::uint8_t> data) override;
@@ -31,7 +32,7 @@ private:
     void write_reg_locked(std::uint64_t reg, std::uint8_t v);
 
     mutable std::mutex mu_;
-    int out_fd_;
+    ConsoleSink out_;
     IrqLine irq_;
     std::deque<std::uint8_t> rx_;
     std::uint8_t ier_ = 0, lcr_ = 0, mcr_ = 0, scr_ = 0, dll_ = 0x0c, dlm_ = 0, fcr_ = 0;

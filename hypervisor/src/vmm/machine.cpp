@@ -206,7 +206,7 @@ common::Status KvmMachine::setup_devices() {
     if (auto s = vm_.mask_pic(); !s) return s;
     if (auto s = router_.init(); !s) return s;
 
-    serial_ = std::make_shared<Serial16550>(STDOUT_FILENO, [this](bool level) {
+    serial_ = std::make_shared<Serial16550>(ConsoleSink(STDOUT_FILENO, cfg_.console_limit_bytes), [this](bool level) {
         if (auto s = vm_.irq_line(kSerialIrq, level); !s) spdlog::warn("serial IRQ: {}", s.error().message);
     });
     auto add_pio = [&](std::uint64_t base, std::uint64_t len, std::shared_ptr<BusDevice> d) {

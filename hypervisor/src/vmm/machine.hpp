@@ -27,6 +27,8 @@ struct MachineConfig {
     std::uint64_t memory_bytes = 256ull << 20;
     std::optional<std::chrono::milliseconds> timeout;
     bool interactive = false;  // feed stdin to the serial port
+    // The console's output file (stdout, when a regular file) never grows past this; 0: no limit.
+    std::uint64_t console_limit_bytes = 64ull << 20;
     std::string kvm_path = "/dev/kvm";
     // The I/O model. nitro: one NVMe controller per volume spec, served by the card process.
     // xen: the Xen ABI in the vmm, the volumes served by dom0 as xvda, xvdb, ...
