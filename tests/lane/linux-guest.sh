@@ -26,8 +26,15 @@ grep -q 'guest-cpus=2' out.txt || fail "the guest did not report 2 CPUs"
 [ "$status" = 2 ] || fail "CPU count via exit status: got $status, want 2"
 echo "linux-guest: the guest saw 2 CPUs"
 
-# 3. The guest's console output arrives intact (a line written by the guest's userspace).
-run --vcpus 1 -- sh -c 'echo hello-from-$(uname -r); exit 0'
+# 3. The guest's console output arrives intact (a line written by the guest's userspace), and
+#    its wall clock (kvmclock's, there being no CMOS clock) is the host's.
+before=$(date +%s)
+run --vcpus 1 -- sh -c 'echo hello-from-$(uname -r) guest-epoch=$(date +%s); exit 0'
+after=$(date +%s)
 [ "$status" = 0 ] || fail "nitrovm exited $status, want 0"
 grep -q "hello-from-6.1" out.txt || fail "the guest's output did not arrive"
+guest=$(sed -n 's/.*guest-epoch=\([0-9]*\).*/\1/p' out.txt | head -n 1)
+[ -n "$guest" ] && [ "$guest" -ge $((before - 5)) ] && [ "$guest" -le $((after + 5)) ] ||
+    fail "the guest's clock says ${guest:-nothing}, the host's was $before..$after"
+echo "linux-guest: the guest's clock ${guest}, the host's $before..$after"
 echo "linux-guest: PASS"
