@@ -381,13 +381,13 @@ def fit_scheduler(args, params, points, notes):
     guest_scales = [2 ** (k / 2) for k in range(-8, 5)]
     shapes = [1, 2, 4, 8, 16]                                # Erlang shapes
     x = [8.0, 32.0, 10.0, guest0, grant0, 1, 0.0, 1]
-    for _ in range(2):
+    for first in (True, False):
         x[0], x[1] = min(((w, p) for w in coarse for p in coarse), key=lambda wp: cost([wp[0], wp[1]] + x[2:])) \
-            if not memo else min(((x[0] * a, x[1] * b) for a in scales[2:7] for b in scales[2:7]),
-                                 key=lambda wp: cost([wp[0], wp[1]] + x[2:]))
+            if first else min(((x[0] * a, x[1] * b) for a in scales[2:7] for b in scales[2:7]),
+                              key=lambda wp: cost([wp[0], wp[1]] + x[2:]))
         x[5] = best_of(5, shapes, x)
         x[7] = best_of(7, shapes, x)
-        x[6] = best_of(6, [0.0] + coarse[:8] if len(memo) < 120 else [0.0] + [max(x[6], 1.0) * a for a in scales], x)
+        x[6] = best_of(6, [0.0] + (coarse[:8] if first else [max(x[6], 1.0) * a for a in scales]), x)
         x[2] = best_of(2, rates + [x[2] * a for a in scales[3:6]], x)
         x[3] = best_of(3, [guest0 * a for a in guest_scales], x)
         x[4] = best_of(4, [0.0] + [max(grant0, 0.1) * a for a in scales], x)

@@ -23,6 +23,7 @@
 #include <sstream>
 
 #include "card/volume_id.hpp"
+#include "common/console.hpp"
 #include "instances/files.hpp"
 #include "instances/record.hpp"
 #include "instances/proc.hpp"
@@ -629,7 +630,7 @@ Status InstanceManager::console(const v1::GetConsoleOutputRequest& req, v1::GetC
     out.resize(static_cast<std::size_t>(std::max<std::streamsize>(0, in.gcount())));  // trimmed meanwhile
     // nitrovm keeps the file under its --console-limit by dropping the oldest output, and says so
     // in the file's first line.
-    const bool trimmed = from == 0 && out.starts_with("[nitrovm: console output over ");
+    const bool trimmed = from == 0 && out.starts_with(common::kConsoleTrimmedPrefix);
     resp->set_instance_id(req.instance_id());
     resp->set_output(std::move(out));
     resp->set_truncated(from > 0 || trimmed);

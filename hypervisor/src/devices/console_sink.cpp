@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/console.hpp"
 #include "common/fd.hpp"
 
 namespace hypervisor {
@@ -69,15 +70,14 @@ void ConsoleSink::trim() {
         tail.clear();
         got = 0;
     }
-    const std::uint64_t dropped_now = size_ - got;
-    dropped_ += dropped_now;
+    dropped_ += size_ - got;
     if (::ftruncate(fd_, 0) != 0 || ::lseek(fd_, 0, SEEK_SET) < 0) {
         spdlog::warn("console: cannot trim the output file ({}); it is no longer bounded", std::strerror(errno));
         bounded_ = false;
         return;
     }
     const std::string marker =
-        fmt::format("[nitrovm: console output over {} bytes; {} older bytes dropped]\n", limit_, dropped_);
+        fmt::format("{}{} bytes; {} older bytes dropped]\n", common::kConsoleTrimmedPrefix, limit_, dropped_);
     size_ = 0;
     if (write_all(fd_, reinterpret_cast<const std::uint8_t*>(marker.data()), marker.size())) size_ += marker.size();
     if (got > 0 && write_all(fd_, tail.data(), got)) size_ += got;

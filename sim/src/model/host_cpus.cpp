@@ -34,6 +34,17 @@ HostCpus::CpuRange HostCpus::clamp(CpuRange r) const {
     return r;
 }
 
+// The first of `queue` (indices into `all`) allowed on CPU c, taken off the queue; -1: none.
+template <typename T>
+int HostCpus::take_first(std::deque<int>& queue, const std::vector<T>& all, int c) {
+    const auto it = std::find_if(queue.begin(), queue.end(),
+                                 [&](int i) { return all[static_cast<std::size_t>(i)].allowed.has(c); });
+    if (it == queue.end()) return -1;
+    const int i = *it;
+    queue.erase(it);
+    return i;
+}
+
 int HostCpus::idle_cpu(CpuRange allowed) const {
     for (int c = allowed.first; c < allowed.last; ++c)
         if (cpus_[static_cast<std::size_t>(c)].id < 0) return c;
@@ -195,21 +206,13 @@ void HostCpus::hand_on(int c) {
         return;
     }
     for (Cpu& other : cpus_) {
-        const auto it = std::find_if(other.threads.begin(), other.threads.end(),
-                                     [&](int t) { return threads_[static_cast<std::size_t>(t)].allowed.has(c); });
-        if (it != other.threads.end()) {
-            const int next = *it;
-            other.threads.erase(it);
-            give(c, next, 0);
+        if (const int t = take_first(other.threads, threads_, c); t >= 0) {
+            give(c, t, 0);
             return;
         }
     }
     for (Cpu& other : cpus_) {
-        const auto it = std::find_if(other.vcpus.begin(), other.vcpus.end(),
-                                     [&](int v) { return vcpus_[static_cast<std::size_t>(v)].allowed.has(c); });
-        if (it != other.vcpus.end()) {
-            const int v = *it;
-            other.vcpus.erase(it);
+        if (const int v = take_first(other.vcpus, vcpus_, c); v >= 0) {
             resume_vcpu(c, v);
             return;
         }

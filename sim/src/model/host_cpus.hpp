@@ -5,16 +5,18 @@
 // threads want one only while they have work (or poll for it).
 //
 // The scheduler as the model sees it, one run queue per CPU as in Linux:
+// - a thread keeps to its CPUs: all of them, or its instance's share (host.pin_instances);
 // - a vCPU thread holds a CPU until an I/O thread takes it away, then waits on that CPU's queue
-//   until the CPU is given up (or another CPU goes idle and pulls it). While it has no CPU the
-//   guest does nothing: its submissions and the completions it polls for wait (CpuPool's gate);
-// - an I/O thread that wakes runs on an idle CPU after the wake-up latency (exponential, mean
-//   host_wake_us: an IPI to a halted CPU of this virtual machine, the context switch). With no
+//   until the CPU is given up (or another CPU goes idle and pulls it), and is back in its guest
+//   host_switch_us after it has it again. While it is not in its guest the guest does nothing:
+//   its submissions and the completions it polls for wait (CpuPool's gate);
+// - an I/O thread that wakes runs on an idle CPU after the wake-up latency (mean host_wake_us:
+//   an IPI to a halted CPU of this virtual machine, the context switch). With no
 //   CPU idle it queues on its waker's CPU (Linux's wake-affine placement: the doorbell or the
 //   event-channel send is signalled on the guest's own vCPU thread, an io_uring completion on
 //   the thread that submitted): if a thread polls there, that one yields at once; if a vCPU
 //   thread runs there, it is preempted after the scheduler's wake-up preemption delay
-//   (exponential, mean host_preempt_us), or at once when the waker is that vCPU thread coming
+//   (mean host_preempt_us), or at once when the waker is that vCPU thread coming
 //   back from a VM exit handled in the vmm (the return to user space is where the kernel
 //   switches to the woken thread; an ioeventfd doorbell is signalled in the kernel and the vCPU
 //   goes on in the guest); if an I/O thread works there, it waits for it to sleep;
@@ -22,8 +24,9 @@
 //   one queued on another CPU (idle balancing), else it idles;
 // - an I/O thread that has held a CPU for a time slice (host_slice_us: a tick) while others wait
 //   there goes back to that queue's end (checked between its work items, which are microseconds).
+// The latencies are Erlang-distributed (host_wake_shape, host_preempt_shape: 1 is exponential).
 
-// ServiceThread is one I/O thread: work items in order, then it polls for more (the card's
+// ServiceThread is one I/O thread: work items in passes, then it polls for more (the card's
 // adaptive polling) or sleeps. A thread that wakes on a CPU where another thread polls takes that
 // CPU at once (the poller's loop calls sched_yield between passes); so does a vCPU thread waiting
 // on its CPU when it starts to poll, and the thread gets the CPU back only after that vCPU
@@ -55,8 +58,8 @@ public:
     static CpuRange instance_cpus(int i, int n, int cpus);
     // Where instance i's vCPU thread and I/O threads run.
     CpuRange for_instance(int i) const {
-        return pinned_ > 0 ? clamp(instance_cpus(i, pinned_, static_cast<int>(cpus_.size())))
-                           : CpuRange{0, static_cast<int>(cpus_.size())};
+        const int n = static_cast<int>(cpus_.size());
+        return pinned_ > 0 ? instance_cpus(i, pinned_, n) : CpuRange{0, n};
     }
 
     // The scheduler's timing: a woken thread's latency to an idle CPU, its delay before it
@@ -135,6 +138,8 @@ private:
     void take_from_poller(int cpu, int t);
     void hand_on(int cpu);
     int idle_cpu(CpuRange allowed) const;
+    template <typename T>
+    static int take_first(std::deque<int>& queue, const std::vector<T>& all, int c);
     CpuRange clamp(CpuRange r) const;  // within the host, at least one CPU
     Ps draw(double mean_us, int shape);
 
